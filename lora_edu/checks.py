@@ -1,0 +1,100 @@
+"""Self-checking exercises: compare a learner's answer with the expected one and say what is wrong.
+
+Every notebook ends with exercises; each exercise's check (in ``lora_edu.exercises``) is built from
+the three functions here. A check returns a `CheckResult` whose text is shown under the cell:
+
+    ✅ Exercise 1: correct (40).
+    ❌ Exercise 1: expected 40, got 42: off by 2 (5.00 % too high).
+    ⏳ Exercise 1: not answered yet: replace the ... with your answer.
+
+Explained in notebook 00_welcome (how to use the course).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NOT_ANSWERED = ...  # exercises start as `answer = ...`
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: ``passed`` (None while unanswered) and the message shown to the learner."""
+
+    exercise: str
+    passed: bool | None
+    message: str
+
+    def __bool__(self) -> bool:
+        return bool(self.passed)
+
+    def __repr__(self) -> str:
+        mark = {True: "✅", False: "❌", None: "⏳"}[self.passed]
+        return f"{mark} {self.exercise}: {self.message}"
+
+    __str__ = __repr__
+
+
+def not_answered(exercise: str) -> CheckResult:
+    return CheckResult(exercise, None, "not answered yet: replace the ... with your answer.")
+
+
+def passed(exercise: str, message: str = "correct.") -> CheckResult:
+    return CheckResult(exercise, True, message)
+
+
+def failed(exercise: str, message: str) -> CheckResult:
+    return CheckResult(exercise, False, message)
+
+
+def _as_array(value):
+    if hasattr(value, "detach"):  # a torch tensor, on any device
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.6g}"
+
+
+def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float = 0.0,
+                what: str = "") -> CheckResult:
+    """Compare numbers or arrays: equal within ``atol + rtol * |expected|``, element by element.
+
+    A wrong scalar is reported with the difference and the relative error; a wrong array with its
+    shape, or with the largest difference and where it is.
+    """
+    if got is NOT_ANSWERED:
+        return not_answered(exercise)
+    label = f"{what} " if what else ""
+    try:
+        got_arr = _as_array(got).astype(float)
+    except (TypeError, ValueError):
+        return failed(exercise, f"expected a number or an array{' for ' + what if what else ''}, "
+                                f"got {type(got).__name__}: {got!r:.60}")
+    exp_arr = _as_array(expected).astype(float)
+    if got_arr.shape != exp_arr.shape:
+        return failed(exercise, f"{label}has shape {tuple(got_arr.shape)}, expected {tuple(exp_arr.shape)}.")
+    if not np.all(np.isfinite(got_arr)):
+        return failed(exercise, f"{label}contains NaN or infinity.")
+    diff = np.abs(got_arr - exp_arr)
+    tolerance = atol + rtol * np.abs(exp_arr)
+    if np.all(diff <= tolerance):
+        shown = _fmt(float(exp_arr)) if exp_arr.ndim == 0 else f"shape {tuple(exp_arr.shape)}"
+        return passed(exercise, f"correct ({label}{shown}).")
+    if exp_arr.ndim == 0:
+        g, e = float(got_arr), float(exp_arr)
+        off = g - e
+        rel = f" ({abs(off) / abs(e):.2%} too {'high' if off > 0 else 'low'})" if e != 0 else ""
+        return failed(exercise, f"{label}expected {_fmt(e)}, got {_fmt(g)}: off by {_fmt(abs(off))}{rel}.")
+    worst = np.unravel_index(int(np.argmax(diff - tolerance)), diff.shape)
+    n_bad = int(np.sum(diff > tolerance))
+    return failed(exercise, f"{label}{n_bad} of {diff.size} entries are off; the largest difference is "
+                            f"{_fmt(float(diff[worst]))} at index {tuple(int(i) for i in worst)} "
+                            f"(expected {_fmt(float(exp_arr[worst]))}, got {_fmt(float(got_arr[worst]))}).")
+
+
+def check_true(exercise: str, condition: bool, failure: str, success: str = "correct.") -> CheckResult:
+    """Pass when ``condition`` holds; otherwise report ``failure`` (say what is wrong and by how much)."""
+    return passed(exercise, success) if condition else failed(exercise, failure)

@@ -1,0 +1,34 @@
+"""The course map: every notebook, in reading order, with what the learner leaves with.
+
+Printed by notebook 00_welcome; the hygiene tests check that every notebook file is on this map.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+COURSE_MAP: list[tuple[str, str, str]] = [
+    ("00_welcome", "Welcome", "how to use the course, the map, an environment and widget check"),
+    ("01_rank_and_decomposition", "Rank and decomposition",
+     "rank; a 10×10 rank-2 matrix stored as 10×2 and 2×10 factors; numerical rank under noise"),
+    ("02_svd_and_low_rank_approximation", "SVD and low-rank approximation",
+     "SVD; Eckart–Young; compressing a real photo with a rank slider"),
+    ("03_parameter_savings", "Parameter savings",
+     "r(d+k) vs d·k; 156.25× at 2500×2500, r=8; real LLM layer counts; memory and checkpoints"),
+    ("04_lora_from_scratch", "LoRA from scratch",
+     "the LoRA layer, injection by module name, merge/unmerge, saving only the adapter, equal to PEFT"),
+    ("05_finetuning_strategies_compared", "Fine-tuning strategies compared",
+     "full fine-tuning, dense ΔW, adapters, LoRA and head-only, measured on the same models"),
+    ("06_rank_and_alpha_explorer", "Rank and α explorer",
+     "sliders for rank, α and learning rate; rsLoRA; the intrinsic rank of a full fine-tuning update"),
+    ("07_many_tasks_one_model", "Many tasks, one model", "several task adapters on one base; swapping; storage"),
+    ("08_lora_with_peft", "LoRA with PEFT", "the same in PEFT, identical numbers; save/load; merge_and_unload"),
+    ("09_what_lora_learns", "What LoRA learns", "the LoRA paper's analyses at toy scale"),
+    ("10_lora_variants", "LoRA variants", "rsLoRA, LoRA+, DoRA, PiSSA, QLoRA; a memory estimator"),
+    ("11_choosing_a_strategy", "Choosing a strategy", "decision guide, summary table, capstone"),
+]
+
+
+def course_status(notebook_dir: str | Path) -> list[tuple[str, str, str, bool]]:
+    """The map with a flag per notebook: True when ``notebook_dir`` holds it, False while it is coming."""
+    folder = Path(notebook_dir)
+    return [(stem, title, summary, (folder / f"{stem}.ipynb").is_file()) for stem, title, summary in COURSE_MAP]

@@ -1,0 +1,26 @@
+"""Checks for the warm-up exercises of notebook 00_welcome: they show how every exercise in the course works."""
+from __future__ import annotations
+
+from ..checks import NOT_ANSWERED, CheckResult, check_true, check_value, not_answered
+from ..environment import DEVICE_ENV_VAR
+
+
+def check_dense_count(answer) -> CheckResult:
+    """Exercise 1: how many numbers a dense 10×10 matrix stores."""
+    return check_value("Exercise 1", answer, 10 * 10, what="numbers stored")
+
+
+def check_factored_count(answer) -> CheckResult:
+    """Exercise 2: how many numbers a 10×2 factor and a 2×10 factor store together."""
+    return check_value("Exercise 2", answer, 10 * 2 + 2 * 10, what="numbers stored")
+
+
+def check_device_variable(answer) -> CheckResult:
+    """Exercise 3: the name of the environment variable that forces a device."""
+    if answer is NOT_ANSWERED:
+        return not_answered("Exercise 3")
+    if not isinstance(answer, str):
+        return check_true("Exercise 3", False, f"expected the variable's name as a string, got {type(answer).__name__}")
+    return check_true("Exercise 3", answer.strip() == DEVICE_ENV_VAR,
+                      f"{answer!r} is not it: lora_edu reads one variable, named in the section "
+                      f"'Running on a CPU or a GPU'.", success=f"correct ({DEVICE_ENV_VAR}).")

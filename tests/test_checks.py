@@ -1,0 +1,68 @@
+"""The exercise-check core (lora_edu.checks) and the warm-up checks of notebook 00."""
+import numpy as np
+import pytest
+import torch
+
+from lora_edu.checks import CheckResult, check_true, check_value
+from lora_edu.exercises import nb00
+
+
+def test_unanswered_is_neither_pass_nor_fail():
+    result = check_value("Exercise 1", ..., 40)
+    assert result.passed is None and not result
+    assert repr(result) == "⏳ Exercise 1: not answered yet: replace the ... with your answer."
+
+
+def test_right_scalar_passes_and_says_so():
+    result = check_value("Exercise 1", 40, 40, what="numbers stored")
+    assert result.passed is True
+    assert str(result) == "✅ Exercise 1: correct (numbers stored 40)."
+
+
+def test_wrong_scalar_says_by_how_much():
+    result = check_value("Exercise 1", 42, 40)
+    assert result.passed is False
+    assert "expected 40, got 42: off by 2 (5.00% too high)" in str(result)
+    assert "too low" in str(check_value("E", 30, 40))
+
+
+def test_tolerance_is_relative_and_absolute():
+    assert check_value("E", 1.0 + 1e-9, 1.0).passed
+    assert not check_value("E", 1.001, 1.0).passed
+    assert check_value("E", 1.001, 1.0, rtol=1e-2).passed
+    assert check_value("E", 1e-9, 0.0, atol=1e-8).passed
+
+
+def test_arrays_report_shape_and_worst_entry():
+    expected = np.arange(6.0).reshape(2, 3)
+    assert check_value("E", torch.tensor(expected), expected).passed
+    wrong_shape = check_value("E", expected.T, expected)
+    assert "has shape (3, 2), expected (2, 3)" in str(wrong_shape)
+    off = expected.copy()
+    off[1, 2] += 0.5
+    message = str(check_value("E", off, expected))
+    assert "1 of 6 entries are off" in message and "0.5 at index (1, 2)" in message
+
+
+def test_non_numbers_and_nan_fail_clearly():
+    assert "expected a number or an array" in str(check_value("E", "forty", 40))
+    assert "NaN" in str(check_value("E", float("nan"), 40))
+
+
+def test_check_true():
+    assert check_true("E", True, "no").passed
+    result = check_true("E", False, "off by 3")
+    assert isinstance(result, CheckResult) and str(result) == "❌ E: off by 3"
+
+
+@pytest.mark.parametrize("check, right, wrongs", [
+    (nb00.check_dense_count, 100, [10, 20, 40]),
+    (nb00.check_factored_count, 40, [100, 20, 4]),
+    (nb00.check_device_variable, "LORA_EDU_DEVICE", ["CUDA_VISIBLE_DEVICES", 3]),
+])
+def test_welcome_exercises(check, right, wrongs):
+    assert check(...).passed is None
+    assert check(right).passed is True
+    for wrong in wrongs:
+        result = check(wrong)
+        assert result.passed is False and len(str(result)) > 20
