@@ -1,0 +1,16 @@
+"""lora_edu: the helper package of the LoRA course, one module per concept, in the order the notebooks teach it.
+
+- ``environment`` (00): the device, seeding, the environment report.
+- ``checks``, ``exercises`` (all): self-checking exercises.
+- ``widgets`` (00): sliders that redraw a figure.
+- ``lora`` (04): the LoRA layer (``LoRALinear``), ``add_lora`` by module name, merge/unmerge, ``lora_state_dict``.
+- ``peft_io`` (04): saving and loading only the adapter in PEFT's format (``save_peft_adapter``, ``load_peft_adapter``).
+"""
+from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN in every notebook)
+from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, format_report,
+                          get_device, seed_everything, setup)
+from .lora import (LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04
+                   unmerge_lora)
+from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
+
+__version__ = "0.1.0"
