@@ -1,0 +1,130 @@
+"""Checks for the exercises of notebook 04_lora_from_scratch.
+
+Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
+returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much, with a hint for the
+usual mistakes (α instead of α/r, a transposed matrix, the frozen weights counted as trainable).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered
+from ..lora import LoRALinear, add_lora
+
+
+def _as_numpy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(value, dtype=float)
+
+
+def _close(answer, candidate, rtol=1e-4, atol=1e-6) -> bool:
+    try:
+        got = _as_numpy(answer)
+    except (TypeError, ValueError):
+        return False
+    cand = _as_numpy(candidate)
+    return got.shape == cand.shape and bool(np.allclose(got, cand, rtol=rtol, atol=atol))
+
+
+def _with_hints(result: CheckResult, answer, mistakes) -> CheckResult:
+    """Add the hint of the first known mistake that ``answer`` reproduces."""
+    if result.passed is not False:
+        return result
+    for candidate, hint in mistakes:
+        if _close(answer, candidate):
+            return failed(result.exercise, f"{result.message} Hint: {hint}")
+    return result
+
+
+def check_scaling(answer, alpha: float, r: int, use_rslora: bool = False) -> CheckResult:
+    """Exercise 1: the factor LoRA multiplies ``B A x`` by: ``alpha / r``, or ``alpha / sqrt(r)`` (rsLoRA)."""
+    name = "Exercise 1"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    expected = alpha / math.sqrt(r) if use_rslora else alpha / r
+    result = check_value(name, answer, expected, rtol=1e-6, what="scaling")
+    other = alpha / r if use_rslora else alpha / math.sqrt(r)
+    return _with_hints(result, answer, [
+        (alpha, "that is α itself; LoRA multiplies by α divided by a function of the rank."),
+        (other, "that is the other rule: α/r is LoRA's, α/√r is rsLoRA's."),
+        (r / alpha, "upside down: α is on top."),
+    ])
+
+
+def _lora_parts(layer: LoRALinear):
+    if not isinstance(layer, LoRALinear):
+        raise TypeError(f"layer must be a lora_edu.LoRALinear, got {type(layer).__name__}")
+    w0 = layer.base.weight.detach().double()
+    b0 = layer.base.bias.detach().double() if layer.base.bias is not None else 0.0
+    a = layer.lora_A.detach().double()
+    b = layer.lora_B.detach().double()
+    return w0, b0, a, b
+
+
+def check_lora_output(answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult:
+    """Exercise 2: ``h = x W0ᵀ + b + (α/r) (x Aᵀ) Bᵀ`` for a batch ``x`` of shape ``(n, in)`` -> ``(n, out)``,
+    computed by hand from ``layer.base``, ``layer.lora_A``, ``layer.lora_B`` (no dropout)."""
+    name = "Exercise 2"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    w0, b0, a, b = _lora_parts(layer)
+    xd = x.detach().double()
+    base = xd @ w0.T + b0
+    branch = (xd @ a.T) @ b.T
+    expected = base + layer.scaling * branch
+    result = check_value(name, answer, expected, rtol=1e-4, atol=1e-5, what="h")
+    return _with_hints(result, answer, [
+        (base, "that is the frozen layer alone: add the LoRA branch (α/r)·B A x."),
+        (base + branch, "the branch is missing its scaling α/r."),
+        (base + layer.alpha * branch, "you scaled by α; LoRA scales by α/r."),
+        (expected - b0, "the frozen layer's bias is missing."),
+        (expected.T, "transposed: each row of x gives one row of h, shape (n, out)."),
+    ])
+
+
+def check_delta_weight(answer, layer: LoRALinear) -> CheckResult:
+    """Exercise 3: the merged update ``ΔW = (α/r) B A``, shape ``(out, in)``, that ``merge()`` adds to W0."""
+    name = "Exercise 3"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    _, _, a, b = _lora_parts(layer)
+    expected = layer.scaling * (b @ a)
+    result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="ΔW")
+    return _with_hints(result, answer, [
+        (b @ a, "B A is right, but ΔW also carries the scaling α/r."),
+        (layer.alpha * (b @ a), "you scaled by α; LoRA scales by α/r."),
+        (expected.T, "transposed: ΔW has W0's shape (out, in), so it is B A, not Aᵀ Bᵀ."),
+        (layer.scaling * (a.T @ b.T), "transposed: ΔW has W0's shape (out, in), so it is B A."),
+        (layer.base.weight.detach().double() + expected, "that is the merged weight W0 + ΔW; ΔW alone is asked."),
+    ])
+
+
+def check_trainable_parameters(answer, model: nn.Module, target_modules, r: int) -> CheckResult:
+    """Exercise 4: how many parameters ``add_lora(model, target_modules, r, alpha)`` leaves trainable:
+    ``r (in + out)`` per adapted layer (α does not matter). ``model`` is not changed."""
+    name = "Exercise 4"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    with torch.random.fork_rng(devices=[]):  # do not move the learner's random numbers on
+        adapted = add_lora(copy.deepcopy(model), target_modules, r=r, alpha=1)
+    layers = [m for m in adapted.modules() if isinstance(m, LoRALinear)]
+    expected = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
+        if not (isinstance(answer, numbers.Real) and not isinstance(answer, bool) and float(answer).is_integer()):
+            return failed(name, f"expected a whole number of parameters, got {type(answer).__name__} {answer!r}.")
+    result = check_value(name, answer, expected, what="trainable parameters")
+    total = sum(p.numel() for p in model.parameters())
+    return _with_hints(result, answer, [
+        (total, "that counts every parameter; after add_lora only lora_A and lora_B are trainable."),
+        (total + expected, "that counts the frozen weights too; only lora_A and lora_B train."),
+        (sum(r * l.in_features for l in layers), "that is only the A's (r × in); add the B's (out × r)."),
+        (sum(r * l.out_features for l in layers), "that is only the B's (out × r); add the A's (r × in)."),
+        (sum(l.in_features * l.out_features for l in layers), "that is the dense ΔW's size, in × out per layer."),
+    ])
