@@ -3,10 +3,13 @@
 - ``environment`` (00): the device, seeding, the environment report.
 - ``checks``, ``exercises`` (all): self-checking exercises.
 - ``widgets`` (00): sliders that redraw a figure.
+- ``linalg`` (01-02): rank, numerical rank, the SVD, the best rank-r approximation and rank-r factors.
+- ``counting`` (03): parameter, memory and checkpoint counts for one matrix and for published models.
 - ``lora`` (04): the LoRA layer (``LoRALinear``), ``add_lora`` by module name, merge/unmerge, ``lora_state_dict``.
 - ``peft_io`` (04): saving and loading only the adapter in PEFT's format (``save_peft_adapter``, ``load_peft_adapter``).
 """
 from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN in every notebook)
+from . import counting, linalg  # noqa: F401  (notebooks 01-03)
 from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, format_report,
                           get_device, seed_everything, setup)
 from .lora import (LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04

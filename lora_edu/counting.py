@@ -1,0 +1,233 @@
+"""Counting parameters and bytes: what LoRA saves, for one matrix and for whole published models.
+
+Explained in notebook 03_parameter_savings.
+
+- One ``d × k`` weight matrix: full fine-tuning trains ``d·k`` numbers; LoRA trains ``B`` ``(d, r)`` and
+  ``A`` ``(r, k)``, that is ``r·(d + k)`` numbers. LoRA stores fewer numbers while ``r < d·k / (d + k)``.
+- Whole models from their published shapes (`GPT2_SMALL`, `LLAMA_7B`, `GPT3_175B`): total parameters and the
+  parameters LoRA trains when it adapts some of the linear layers.
+- Training memory (weights, gradients, Adam states) and checkpoint sizes, in fp32 and bf16 mixed precision.
+  Activations are not counted: they depend on batch size and sequence length, not on the method.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+__all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "TransformerShape", "GPT2_SMALL",
+           "LLAMA_7B", "GPT3_175B", "PUBLISHED_MODELS", "linear_layer_shapes", "count_model_params",
+           "lora_trainable_params", "BYTES_PER_VALUE", "PRECISIONS", "training_memory_bytes", "checkpoint_bytes",
+           "format_count", "format_bytes"]
+
+
+def _check_size(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int (a matrix size or count), got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int (>= 1), got {value}")
+    return int(value)
+
+
+def _check_r(r, d: int, k: int) -> int:
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+        raise TypeError(f"r must be an int between 1 and min(d, k) = {min(d, k)}, got {type(r).__name__} {r!r}")
+    if not 1 <= r <= min(d, k):
+        raise ValueError(f"r must be between 1 and min(d, k) = {min(d, k)} for a {d}×{k} matrix, got {r}")
+    return int(r)
+
+
+def full_params(d: int, k: int) -> int:
+    """Numbers in a dense ``d × k`` matrix (what full fine-tuning trains in it): ``d·k``.
+
+    See notebook 03_parameter_savings.
+    """
+    return _check_size(d, "d") * _check_size(k, "k")
+
+
+def lora_params(d: int, k: int, r: int) -> int:
+    """Numbers in LoRA's factors for a ``d × k`` matrix: ``B`` ``(d, r)`` plus ``A`` ``(r, k)`` = ``r·(d + k)``.
+
+    ``r`` must be between 1 and ``min(d, k)`` (a product of rank above ``min(d, k)`` does not exist).
+    See notebook 03_parameter_savings.
+    """
+    d, k = _check_size(d, "d"), _check_size(k, "k")
+    return _check_r(r, d, k) * (d + k)
+
+
+def savings_ratio(d: int, k: int, r: int) -> float:
+    """How many times fewer numbers LoRA trains than the dense matrix: ``d·k / (r·(d + k))``.
+
+    Example: ``d = k = 2500, r = 8`` gives 6,250,000 / 40,000 = 156.25. See notebook 03_parameter_savings.
+    """
+    return full_params(d, k) / lora_params(d, k, r)
+
+
+def break_even_rank(d: int, k: int) -> float:
+    """The rank at which LoRA stores as many numbers as the dense matrix: ``r* = d·k / (d + k)``.
+
+    LoRA saves parameters exactly when ``r < r*``; for a square ``d × d`` matrix ``r* = d / 2``.
+    See notebook 03_parameter_savings.
+    """
+    d, k = _check_size(d, "d"), _check_size(k, "k")
+    return d * k / (d + k)
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """The published shape of a decoder-only transformer, enough to count its parameters.
+
+    ``mlp`` is ``"gelu"`` (two matrices: ``d_model → d_ff → d_model``) or ``"swiglu"`` (three: gate, up,
+    down); ``norm`` is ``"layernorm"`` (weight and bias) or ``"rmsnorm"`` (weight only); ``n_positions`` is
+    the size of a learned position table (0 for rotary embeddings); ``tied_embeddings`` means the output
+    layer reuses the token embedding. ``source`` says where the numbers come from.
+    """
+
+    name: str
+    n_layers: int
+    d_model: int
+    d_ff: int
+    vocab_size: int
+    n_positions: int
+    mlp: str
+    norm: str
+    biases: bool
+    tied_embeddings: bool
+    source: str
+
+
+GPT2_SMALL = TransformerShape(
+    "GPT-2 small", n_layers=12, d_model=768, d_ff=3072, vocab_size=50257, n_positions=1024, mlp="gelu",
+    norm="layernorm", biases=True, tied_embeddings=True,
+    source="Radford et al. 2019, 'Language Models are Unsupervised Multitask Learners', Table 2 and Sec. 2.3 "
+           "(12 layers, d_model 768, vocabulary 50,257, context 1024); d_ff = 4·d_model as in the released "
+           "config (Hugging Face 'gpt2': n_layer 12, n_embd 768, n_positions 1024, vocab_size 50257)")
+LLAMA_7B = TransformerShape(
+    "LLaMA-7B", n_layers=32, d_model=4096, d_ff=11008, vocab_size=32000, n_positions=0, mlp="swiglu",
+    norm="rmsnorm", biases=False, tied_embeddings=False,
+    source="Touvron et al. 2023, arXiv 2302.13971: Table 2 (6.7B: dimension 4096, 32 heads, 32 layers), "
+           "Sec. 2.1 (32k-token vocabulary), Sec. 2.2 (SwiGLU with hidden size 2/3·4d, 11008 in the "
+           "released weights; RMSNorm; rotary positions)")
+GPT3_175B = TransformerShape(
+    "GPT-3 175B", n_layers=96, d_model=12288, d_ff=4 * 12288, vocab_size=50257, n_positions=2048, mlp="gelu",
+    norm="layernorm", biases=True, tied_embeddings=True,
+    source="Brown et al. 2020, arXiv 2005.14165: Table 2.1 (96 layers, d_model 12288, 96 heads, context 2048), "
+           "Sec. 2.1 (d_ff = 4·d_model; same architecture and tokenizer as GPT-2)")
+PUBLISHED_MODELS = (GPT2_SMALL, LLAMA_7B, GPT3_175B)
+
+
+def _check_shape(shape) -> TransformerShape:
+    if not isinstance(shape, TransformerShape):
+        raise TypeError(f"shape must be a TransformerShape (e.g. lora_edu.counting.LLAMA_7B), got {type(shape).__name__}")
+    return shape
+
+
+def linear_layer_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
+    """The weight matrices of one transformer block, by name, as ``(d_in, d_out)``.
+
+    Attention: ``q``, ``k``, ``v``, ``o``, each ``d_model × d_model``. MLP: ``up`` ``(d_model, d_ff)`` and
+    ``down`` ``(d_ff, d_model)``, plus ``gate`` ``(d_model, d_ff)`` for SwiGLU. (GPT-2 stores q, k, v as one
+    fused ``c_attn`` of shape ``(768, 2304)``; split, it is the same three matrices.)
+    See notebook 03_parameter_savings.
+    """
+    s = _check_shape(shape)
+    layers = {name: (s.d_model, s.d_model) for name in ("q", "k", "v", "o")}
+    if s.mlp == "swiglu":
+        layers["gate"] = (s.d_model, s.d_ff)
+    layers["up"] = (s.d_model, s.d_ff)
+    layers["down"] = (s.d_ff, s.d_model)
+    return layers
+
+
+def count_model_params(shape: TransformerShape) -> int:
+    """All parameters of a model with this shape: embeddings, every block's linear layers (with biases
+    if it has them) and norms, the final norm, and the output layer unless it is tied to the embedding.
+
+    See notebook 03_parameter_savings.
+    """
+    s = _check_shape(shape)
+    norm = 2 * s.d_model if s.norm == "layernorm" else s.d_model
+    block = 2 * norm
+    for d_in, d_out in linear_layer_shapes(s).values():
+        block += d_in * d_out + (d_out if s.biases else 0)
+    embeddings = s.vocab_size * s.d_model + s.n_positions * s.d_model
+    head = 0 if s.tied_embeddings else s.vocab_size * s.d_model
+    return embeddings + s.n_layers * block + norm + head
+
+
+def lora_trainable_params(shape: TransformerShape, r: int, targets=("q", "v")) -> int:
+    """Parameters LoRA trains when it adapts the matrices named in ``targets`` in every block:
+    ``n_layers · Σ_targets r·(d_in + d_out)``. ``targets="all"`` adapts every linear layer of the blocks.
+
+    See notebook 03_parameter_savings.
+    """
+    layers = linear_layer_shapes(shape)
+    if targets == "all":
+        targets = tuple(layers)
+    if isinstance(targets, str) or not targets:
+        raise ValueError(f"targets must be a non-empty list of names from {sorted(layers)} or 'all', got {targets!r}")
+    unknown = [t for t in targets if t not in layers]
+    if unknown:
+        raise ValueError(f"targets {unknown} are not layers of {shape.name}; allowed: {sorted(layers)} or 'all'")
+    return shape.n_layers * sum(lora_params(*layers[t], r) for t in targets)
+
+
+BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2}
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+def training_memory_bytes(total_params: int, trainable_params: int, precision: str = "fp32") -> dict[str, int]:
+    """Bytes for weights, gradients and Adam states when training ``trainable_params`` of ``total_params``.
+
+    - ``"fp32"``: every weight 4 B; each trainable parameter adds a 4 B gradient and Adam's two 4 B
+      moments (m, v): 16 B per trainable parameter in all.
+    - ``"bf16-mixed"``: every weight 2 B (bf16); each trainable parameter adds a 2 B gradient, a 4 B fp32
+      master copy and 8 B of Adam moments: again 16 B per trainable parameter, but 2 B per frozen one.
+
+    Full fine-tuning is ``trainable_params == total_params``. Returns ``weights``, ``gradients``,
+    ``master_weights``, ``optimizer`` and ``total``. Activations are not included.
+    See notebook 03_parameter_savings.
+    """
+    total = _check_size(total_params, "total_params")
+    trainable = _check_size(trainable_params, "trainable_params")
+    if trainable > total:
+        raise ValueError(f"trainable_params ({trainable}) must not exceed total_params ({total})")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        parts = {"weights": 4 * total, "gradients": 4 * trainable, "master_weights": 0, "optimizer": 8 * trainable}
+    else:
+        parts = {"weights": 2 * total, "gradients": 2 * trainable, "master_weights": 4 * trainable,
+                 "optimizer": 8 * trainable}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def checkpoint_bytes(params: int, dtype: str = "bf16") -> int:
+    """Bytes to save ``params`` numbers in ``dtype`` (``"fp32"``, ``"bf16"`` or ``"fp16"``), file headers aside.
+
+    See notebook 03_parameter_savings.
+    """
+    params = _check_size(params, "params")
+    if dtype not in BYTES_PER_VALUE:
+        raise ValueError(f"dtype must be one of {sorted(BYTES_PER_VALUE)}, got {dtype!r}")
+    return params * BYTES_PER_VALUE[dtype]
+
+
+def format_count(n) -> str:
+    """A parameter count for people: ``4194304 → '4.19M'``, ``6738415616 → '6.74B'`` (3 significant digits)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Real) or n < 0:
+        raise ValueError(f"n must be a number >= 0, got {n!r}")
+    for factor, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= factor:
+            return f"{n / factor:.3g}{unit}"
+    return f"{n:g}"
+
+
+def format_bytes(n) -> str:
+    """A size in decimal units with one decimal: ``8388608 → '8.4 MB'``, ``26953662464 → '27.0 GB'``."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Real) or n < 0:
+        raise ValueError(f"n must be a number of bytes >= 0, got {n!r}")
+    for factor, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n:g} B"

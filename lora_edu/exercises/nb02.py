@@ -1,0 +1,71 @@
+"""Checks for the exercises of notebook 02_svd_and_low_rank_approximation.
+
+Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
+returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+from ..linalg import _as_singular_values, energy_retained, truncation_error
+
+
+def check_energy(answer, singular_values, r: int) -> CheckResult:
+    """Exercise 1: the fraction of energy the top ``r`` singular values keep, ``Σ_{i≤r} σᵢ² / Σ σᵢ²``."""
+    name = "Exercise 1"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    sigma = _as_singular_values(singular_values)
+    expected = energy_retained(sigma, r)
+    result = check_value(name, answer, expected, rtol=1e-6, what="energy fraction")
+    if result.passed is False and isinstance(answer, numbers.Real):
+        if np.isclose(answer, sigma[:r].sum() / sigma.sum()):
+            return failed(name, result.message + " Hint: energy uses squared singular values.")
+    return result
+
+
+def check_truncation_error(answer, singular_values, r: int) -> CheckResult:
+    """Exercise 2: the Frobenius error of the best rank-``r`` approximation, ``sqrt(Σ_{i>r} σᵢ²)``."""
+    name = "Exercise 2"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    sigma = _as_singular_values(singular_values)
+    expected = truncation_error(sigma, r)
+    result = check_value(name, answer, expected, rtol=1e-6, what="Frobenius error")
+    if result.passed is False and isinstance(answer, numbers.Real):
+        if np.isclose(answer, sigma[r:].sum()):
+            return failed(name, result.message + " Hint: square the discarded σ's, sum, then take the root.")
+        if np.isclose(answer, truncation_error(sigma, r) ** 2):
+            return failed(name, result.message + " Hint: that is the squared error; take the square root.")
+    return result
+
+
+def smallest_rank_for_error(singular_values, max_relative_error: float) -> int:
+    """The smallest ``r`` whose best rank-``r`` approximation has relative Frobenius error ≤ the target."""
+    sigma = _as_singular_values(singular_values)
+    relative = np.sqrt(np.maximum(1.0 - energy_retained(sigma), 0.0))
+    return int(np.argmax(relative <= max_relative_error)) + 1
+
+
+def check_rank_for_error(answer, singular_values, max_relative_error: float) -> CheckResult:
+    """Exercise 3: the smallest rank whose relative error ``sqrt(1 − energy(r))`` is at most the target."""
+    name = "Exercise 3"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    sigma = _as_singular_values(singular_values)
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
+        return failed(name, f"expected an int (a rank), got {type(answer).__name__} {answer!r}.")
+    expected = smallest_rank_for_error(sigma, max_relative_error)
+    if not 1 <= answer <= sigma.size:
+        return failed(name, f"a rank must be between 1 and {sigma.size}, got {answer}.")
+    error = float(np.sqrt(max(1.0 - energy_retained(sigma, int(answer)), 0.0)))
+    if answer == expected:
+        return passed(name, f"correct: rank {expected} gives relative error {error:.4f} ≤ {max_relative_error}.")
+    if answer < expected:
+        return failed(name, f"rank {answer} gives relative error {error:.4f}, above {max_relative_error}: "
+                            f"too low by {expected - answer}.")
+    return failed(name, f"rank {answer} works (error {error:.4f}) but is not the smallest: "
+                        f"{answer - expected} lower still meets {max_relative_error}.")

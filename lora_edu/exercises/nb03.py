@@ -1,0 +1,75 @@
+"""Checks for the exercises of notebook 03_parameter_savings.
+
+Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
+returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+from ..counting import (TransformerShape, checkpoint_bytes, count_model_params, lora_params,
+                        lora_trainable_params, training_memory_bytes)
+
+
+def _with_hint(result: CheckResult, answer, mistakes: dict) -> CheckResult:
+    if result.passed is not False or isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+        return result
+    for value, hint in mistakes.items():
+        if math.isclose(answer, value, rel_tol=1e-9):
+            return failed(result.exercise, f"{result.message} Hint: {hint}")
+    return result
+
+
+def check_lora_params(answer, d: int, k: int, r: int) -> CheckResult:
+    """Exercise 1: LoRA's trainable parameters for one ``d × k`` matrix at rank ``r``: ``r·(d + k)``."""
+    name = "Exercise 1"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    result = check_value(name, answer, lora_params(d, k, r), what="trainable parameters")
+    return _with_hint(result, answer, {d * k: "that is the dense matrix, d·k.",
+                                       r * d * k: "B is d×r and A is r×k: add their sizes.",
+                                       2 * r * max(d, k): "d and k differ here: B is d×r, A is r×k."})
+
+
+def check_break_even(answer, d: int, k: int) -> CheckResult:
+    """Exercise 2: the largest integer rank at which LoRA still stores fewer numbers: ``r·(d+k) < d·k``."""
+    name = "Exercise 2"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
+        return failed(name, f"expected an int (a rank), got {type(answer).__name__} {answer!r}.")
+    expected = (d * k - 1) // (d + k)  # the largest r with r·(d+k) < d·k
+    if answer == expected:
+        return passed(name, f"correct: r = {expected} stores {expected * (d + k):,} < {d * k:,} numbers.")
+    if answer > expected:
+        return failed(name, f"at r = {answer} LoRA stores {answer * (d + k):,} numbers, not fewer than the "
+                            f"dense {d * k:,}: too high by {answer - expected}.")
+    return failed(name, f"r = {answer} saves, but so does r = {answer + 1} "
+                        f"({(answer + 1) * (d + k):,} < {d * k:,}): too low by {expected - answer}.")
+
+
+def check_full_finetuning_memory(answer, shape: TransformerShape, precision: str = "fp32") -> CheckResult:
+    """Exercise 3: bytes of weights + gradients + Adam states for full fine-tuning of ``shape``."""
+    name = "Exercise 3"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    n = count_model_params(shape)
+    expected = training_memory_bytes(n, n, precision)["total"]
+    result = check_value(name, answer, expected, what="bytes")
+    return _with_hint(result, answer, {4 * n: "that is the weights only; add gradients and Adam's m and v.",
+                                       8 * n: "weights and gradients; Adam adds two more values per weight.",
+                                       12 * n: "Adam keeps two moments (m and v) per weight."})
+
+
+def check_adapter_checkpoint(answer, shape: TransformerShape, r: int, targets, dtype: str = "bf16") -> CheckResult:
+    """Exercise 4: bytes of a LoRA adapter file (its factors only) in ``dtype``."""
+    name = "Exercise 4"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    n = lora_trainable_params(shape, r, targets)
+    expected = checkpoint_bytes(n, dtype)
+    result = check_value(name, answer, expected, what="bytes")
+    return _with_hint(result, answer, {n: "that is the number of parameters; multiply by bytes per value.",
+                                       n * 4: f"that is fp32 (4 B each); {dtype} is the question."})

@@ -1,0 +1,254 @@
+"""Low-rank linear algebra: rank, the SVD, the best rank-r approximation and rank-r factors.
+
+Explained in notebooks 01_rank_and_decomposition and 02_svd_and_low_rank_approximation.
+Everything here is plain NumPy on 2-D arrays (a torch tensor is accepted and converted).
+
+Naming follows LoRA: a ``d × k`` matrix ``W`` of rank ``r`` is stored as ``B @ A`` with
+``B`` of shape ``(d, r)`` and ``A`` of shape ``(r, k)``, so it costs ``r·(d + k)`` numbers instead of ``d·k``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["as_matrix", "check_rank", "singular_values", "numerical_rank", "best_rank_r_approximation",
+           "rank_r_factors", "fit_rank_r_factors", "random_subspace_approximation", "energy_retained",
+           "truncation_error", "relative_error", "psnr", "load_sample_photo"]
+
+
+def as_matrix(matrix, name: str = "matrix") -> np.ndarray:
+    """Return ``matrix`` as a 2-D float64 NumPy array of shape ``(d, k)``.
+
+    Accepts nested lists, NumPy arrays and torch tensors (any device). Raises ``TypeError`` when the
+    entries are not real numbers and ``ValueError`` when it is not 2-D, is empty, or holds NaN/infinity;
+    the message names the parameter ``name``. See notebook 01_rank_and_decomposition.
+    """
+    if hasattr(matrix, "detach"):  # a torch tensor
+        matrix = matrix.detach().cpu().numpy()
+    try:
+        array = np.asarray(matrix)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise ValueError(f"{name} must be a 2-D array of numbers (d, k); could not read it: {exc}") from None
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must hold real numbers (int or float), got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (d, k), got {array.ndim}-D shape {tuple(array.shape)}")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must not contain NaN or infinity")
+    return array
+
+
+def check_rank(r, d: int, k: int, name: str = "r") -> int:
+    """Return ``r`` as an int after checking ``1 <= r <= min(d, k)``.
+
+    Raises ``TypeError`` when ``r`` is not an integer (``True``/``False`` and ``2.0`` are rejected) and
+    ``ValueError`` when it is out of range; the message names the parameter and the allowed values.
+    """
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+        raise TypeError(f"{name} must be an int between 1 and min(d, k) = {min(d, k)}, got {type(r).__name__} {r!r}")
+    r = int(r)
+    if not 1 <= r <= min(d, k):
+        raise ValueError(f"{name} must be between 1 and min(d, k) = {min(d, k)} for a {d}×{k} matrix, got {r}")
+    return r
+
+
+def singular_values(matrix) -> np.ndarray:
+    """The singular values σ₁ ≥ σ₂ ≥ … ≥ 0 of a ``(d, k)`` matrix: shape ``(min(d, k),)``.
+
+    See notebook 02_svd_and_low_rank_approximation.
+    """
+    return np.linalg.svd(as_matrix(matrix), compute_uv=False)
+
+
+def numerical_rank(matrix, tol: float | None = None) -> int:
+    """The number of singular values of a ``(d, k)`` matrix larger than ``tol``.
+
+    The exact rank counts σᵢ > 0, but rounding and noise make every σᵢ a little positive, so we count
+    σᵢ > tol instead. ``tol`` is the size of change we choose to ignore: adding a perturbation ``E``
+    moves each singular value by at most ``‖E‖₂`` (Weyl), so a tolerance just above the noise's
+    spectral norm recovers the rank of the clean matrix. By default ``tol = σ₁ · max(d, k) · ε``
+    (float64 rounding only, the same rule as ``numpy.linalg.matrix_rank``).
+    See notebook 01_rank_and_decomposition.
+    """
+    array = as_matrix(matrix)
+    sigma = np.linalg.svd(array, compute_uv=False)
+    if tol is None:
+        tol = sigma[0] * max(array.shape) * np.finfo(np.float64).eps
+    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a non-negative number (or None for the rounding default), "
+                        f"got {type(tol).__name__} {tol!r}")
+    elif not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0 (or None for the rounding default), got {tol}")
+    return int(np.sum(sigma > tol))
+
+
+def best_rank_r_approximation(matrix, r: int) -> np.ndarray:
+    """The best rank-``r`` approximation of a ``(d, k)`` matrix: the truncated SVD, shape ``(d, k)``.
+
+    With ``W = U Σ Vᵀ``, the answer is ``U[:, :r] Σ[:r, :r] Vᵀ[:r, :]``. Eckart–Young: no rank-``r``
+    matrix is closer to ``W`` in the Frobenius (or spectral) norm; the Frobenius error is
+    ``sqrt(σ_{r+1}² + … + σ_min(d,k)²)`` (see `truncation_error`).
+    See notebook 02_svd_and_low_rank_approximation.
+    """
+    array = as_matrix(matrix)
+    r = check_rank(r, *array.shape)
+    u, s, vt = np.linalg.svd(array, full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
+def rank_r_factors(matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factors ``B`` of shape ``(d, r)`` and ``A`` of shape ``(r, k)`` with ``B @ A`` the best rank-``r``
+    approximation of a ``(d, k)`` matrix (the matrix itself when its rank is at most ``r``).
+
+    From the SVD: ``B = U_r Σ_r^{1/2}`` and ``A = Σ_r^{1/2} V_rᵀ`` (the singular values split evenly
+    between the two). Storing ``B`` and ``A`` costs ``r·(d + k)`` numbers instead of ``d·k``.
+    See notebook 01_rank_and_decomposition.
+    """
+    array = as_matrix(matrix)
+    r = check_rank(r, *array.shape)
+    u, s, vt = np.linalg.svd(array, full_matrices=False)
+    root = np.sqrt(s[:r])
+    return u[:, :r] * root, root[:, None] * vt[:r]
+
+
+def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = None,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a ``(d, k)`` matrix ``W`` by plain gradient descent.
+
+    Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and
+    ``∂L/∂A = Bᵀ (B A − W)``. Starts from small random factors (NumPy generator seeded with ``seed``);
+    the default step ``lr = 0.2 / σ₁(W)`` is stable for this loss. Returns ``(B, A, losses)`` with
+    ``losses`` of shape ``(steps + 1,)``, the loss before each step and after the last.
+    This is how LoRA learns its factors, in miniature: no SVD, only gradients.
+    See notebook 01_rank_and_decomposition.
+    """
+    target = as_matrix(matrix)
+    d, k = target.shape
+    r = check_rank(r, d, k)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    sigma_1 = np.linalg.norm(target, 2)
+    if lr is None:
+        lr = 0.2 / max(sigma_1, 1e-12)
+    elif isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr and np.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number (or None for 0.2 / σ₁), got {lr!r}")
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(max(sigma_1, 1e-12) / r) * 0.1
+    b = rng.normal(0.0, scale, size=(d, r))
+    a = rng.normal(0.0, scale, size=(r, k))
+    losses = np.empty(steps + 1)
+    for step in range(steps):
+        residual = b @ a - target
+        losses[step] = 0.5 * np.sum(residual**2)
+        grad_b = residual @ a.T
+        grad_a = b.T @ residual
+        b -= lr * grad_b
+        a -= lr * grad_a
+    losses[steps] = 0.5 * np.sum((b @ a - target) ** 2)
+    return b, a, losses
+
+
+def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
+    """A rank-``r`` approximation of a ``(d, k)`` matrix from a *random* ``B`` of shape ``(d, r)``.
+
+    ``B`` is drawn at random; ``A`` ``(r, k)`` is then the best possible for that ``B`` (least squares,
+    ``A = B⁺ W``), so ``B @ A`` is the projection of ``W`` onto a random r-dimensional column space.
+    A fair competitor for the truncated SVD: only the choice of subspace differs.
+    See notebook 02_svd_and_low_rank_approximation.
+    """
+    array = as_matrix(matrix)
+    r = check_rank(r, *array.shape)
+    b = np.random.default_rng(seed).normal(size=(array.shape[0], r))
+    a, *_ = np.linalg.lstsq(b, array, rcond=None)
+    return b @ a
+
+
+def _as_singular_values(values, name: str = "singular_values") -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must be a 1-D array of real numbers, got dtype {array.dtype}")
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(array.shape)}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return array
+
+
+def energy_retained(singular_values, r: int | None = None):
+    """The fraction of the squared Frobenius norm ("energy") kept by the top ``r`` singular values.
+
+    ``energy(r) = (σ₁² + … + σ_r²) / (σ₁² + … + σ_n²)``. With ``r=None``, returns the whole curve,
+    shape ``(n,)``, whose entry ``r − 1`` is ``energy(r)``. ``1 − energy(r)`` is the squared relative
+    error of the best rank-``r`` approximation. See notebook 02_svd_and_low_rank_approximation.
+    """
+    sigma = _as_singular_values(singular_values)
+    total = np.sum(sigma**2)
+    if total == 0:
+        raise ValueError("singular_values are all zero: a zero matrix has no energy to keep")
+    curve = np.cumsum(sigma**2) / total
+    if r is None:
+        return curve
+    r = check_rank(r, sigma.size, sigma.size)
+    return float(curve[r - 1])
+
+
+def truncation_error(singular_values, r: int) -> float:
+    """The Frobenius error of the best rank-``r`` approximation, from the singular values alone:
+    ``‖W − W_r‖_F = sqrt(σ_{r+1}² + … + σ_n²)`` (Eckart–Young). See notebook 02_svd_and_low_rank_approximation.
+    """
+    sigma = _as_singular_values(singular_values)
+    r = check_rank(r, sigma.size, sigma.size)
+    return float(np.sqrt(np.sum(sigma[r:] ** 2)))
+
+
+def relative_error(approximation, target) -> float:
+    """``‖approximation − target‖_F / ‖target‖_F`` for two matrices of the same shape ``(d, k)``.
+
+    See notebook 02_svd_and_low_rank_approximation.
+    """
+    approx = as_matrix(approximation, "approximation")
+    exact = as_matrix(target, "target")
+    if approx.shape != exact.shape:
+        raise ValueError(f"approximation has shape {approx.shape} but target has shape {exact.shape}; they must match")
+    norm = np.linalg.norm(exact)
+    if norm == 0:
+        raise ValueError("target is all zeros: the relative error is undefined")
+    return float(np.linalg.norm(approx - exact) / norm)
+
+
+def psnr(approximation, target, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in decibels: ``10·log10(peak² / MSE)`` for images ``(h, w)`` in [0, peak].
+
+    Higher is better; about 30 dB looks close to the original. Infinite when the images are equal.
+    See notebook 02_svd_and_low_rank_approximation.
+    """
+    approx = as_matrix(approximation, "approximation")
+    exact = as_matrix(target, "target")
+    if approx.shape != exact.shape:
+        raise ValueError(f"approximation has shape {approx.shape} but target has shape {exact.shape}; they must match")
+    if isinstance(peak, bool) or not isinstance(peak, numbers.Real) or not peak > 0:
+        raise ValueError(f"peak must be a positive number (1.0 for images in [0, 1], 255 for bytes), got {peak!r}")
+    mse = float(np.mean((approx - exact) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
+def load_sample_photo() -> np.ndarray:
+    """Matplotlib's bundled photo (``grace_hopper.jpg``) as a grayscale image, shape ``(600, 512)``, values in [0, 1].
+
+    Ships with matplotlib, so nothing is downloaded. Gray = the mean of the three colour channels.
+    See notebook 02_svd_and_low_rank_approximation.
+    """
+    import matplotlib.cbook as cbook
+    import matplotlib.pyplot as plt
+
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    rgb = plt.imread(path)
+    return rgb.astype(np.float64).mean(axis=2) / 255.0
