@@ -7,6 +7,9 @@
 - ``counting`` (03): parameter, memory and checkpoint counts for one matrix and for published models.
 - ``lora`` (04): the LoRA layer (``LoRALinear``), ``add_lora`` by module name, merge/unmerge, ``lora_state_dict``.
 - ``peft_io`` (04): saving and loading only the adapter in PEFT's format (``save_peft_adapter``, ``load_peft_adapter``).
+- ``data``, ``models``, ``pretrain``, ``strategies``, ``training``, ``measure`` (05): digits tasks and text corpora,
+  the digits MLP and tiny GPT (shipped checkpoint), five fine-tuning strategies (``apply_strategy``), one
+  training loop, and exact counts, bytes and timings; ``bench`` (``python -m lora_edu.bench``).
 """
 from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN in every notebook)
 from . import counting, linalg  # noqa: F401  (notebooks 01-03)
@@ -15,5 +18,7 @@ from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, f
 from .lora import (LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04
                    unmerge_lora)
 from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
+from . import data, measure, models, pretrain, strategies, training  # noqa: F401  (notebook 05)
+from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05
 
 __version__ = "0.1.0"

@@ -1,0 +1,267 @@
+"""The data of the course's experiments, made at run time from what is already installed (no downloads).
+
+Explained in notebook 05_finetuning_strategies_compared.
+
+- **Digits** (scikit-learn's bundled 1,797 images of 8×8 pixels): a fixed train/validation split of
+  the original task, and new tasks made by transforming the same images (``rotated``, ``mirrored``,
+  ``inverted``): a real domain shift with the same labels, so "forgetting" can be measured on the
+  original task after fine-tuning on a new one.
+- **Text**: English prose from Python's own documentation topics (``pydoc_data.topics``) to pretrain
+  the tiny GPT, and Python source code from a fixed list of standard-library modules (read from the
+  user's own Python) as the fine-tuning domain. Characters are encoded with one fixed vocabulary;
+  characters outside it map to the unknown symbol ``UNKNOWN_CHAR``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------------------------
+# Digits
+# ----------------------------------------------------------------------------------------------
+DIGITS_TASKS = ("original", "rotated", "mirrored", "inverted")
+DIGITS_SPLIT_SEED = 0
+DIGITS_VAL_FRACTION = 0.2
+
+
+@dataclass
+class DigitsTask:
+    """One digits task: images flattened to 64 pixels scaled to [0, 1], labels 0-9.
+
+    ``x_train``: (n_train, 64) float32, ``y_train``: (n_train,) int64; the same for ``x_val``/``y_val``.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+    def to(self, device) -> "DigitsTask":
+        """The same task with every tensor on ``device``."""
+        return DigitsTask(self.name, self.x_train.to(device), self.y_train.to(device),
+                          self.x_val.to(device), self.y_val.to(device))
+
+
+def transform_digits(images: np.ndarray, task: str) -> np.ndarray:
+    """Apply a task's transformation to images of shape (n, 8, 8) with values in [0, 1].
+
+    ``original``: unchanged; ``rotated``: turned 90° counter-clockwise; ``mirrored``: flipped left to
+    right; ``inverted``: ``1 - x`` (white digits on black become black on white).
+    Returns an array of the same shape. See notebook 05_finetuning_strategies_compared.
+    """
+    if task not in DIGITS_TASKS:
+        raise ValueError(f"task={task!r} is not a digits task; allowed values: {', '.join(DIGITS_TASKS)}")
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (8, 8):
+        raise ValueError(f"images must have shape (n, 8, 8), got {images.shape}")
+    if task == "rotated":
+        return np.rot90(images, k=1, axes=(1, 2)).copy()
+    if task == "mirrored":
+        return images[:, :, ::-1].copy()
+    if task == "inverted":
+        return 1.0 - images
+    return images.copy()
+
+
+def digits_split_indices(n: int = 1797, val_fraction: float = DIGITS_VAL_FRACTION,
+                         seed: int = DIGITS_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed train/validation split: a seeded permutation of ``range(n)``, the last part validates."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def load_digits_task(task: str = "original", device=None) -> DigitsTask:
+    """Load one digits task with the course's fixed split (1,438 training and 359 validation images).
+
+    Every task uses the same images and labels in the same split; only the pixels are transformed
+    (`transform_digits`). See notebook 05_finetuning_strategies_compared.
+    """
+    if task not in DIGITS_TASKS:
+        raise ValueError(f"task={task!r} is not a digits task; allowed values: {', '.join(DIGITS_TASKS)}")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = transform_digits(digits.images / 16.0, task)
+    x = torch.tensor(images.reshape(len(images), 64), dtype=torch.float32)
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    train, val = digits_split_indices(len(x))
+    result = DigitsTask(task, x[train], y[train], x[val], y[val])
+    return result.to(device) if device is not None else result
+
+
+# ----------------------------------------------------------------------------------------------
+# Text: one fixed character vocabulary
+# ----------------------------------------------------------------------------------------------
+UNKNOWN_CHAR = "\u00bf"  # '¿' stands for every character outside the vocabulary
+VOCABULARY = "\n" + "".join(chr(i) for i in range(32, 127)) + UNKNOWN_CHAR
+VOCAB_SIZE = len(VOCABULARY)  # 97: newline, the 95 printable ASCII characters, the unknown symbol
+UNKNOWN_ID = VOCABULARY.index(UNKNOWN_CHAR)
+_CHAR_TO_ID = {c: i for i, c in enumerate(VOCABULARY)}
+
+# Pure-Python standard-library modules that every CPython >= 3.10 ships as source.
+PYTHON_SOURCE_MODULES = (
+    "abc", "bisect", "calendar", "colorsys", "contextlib", "copy", "csv", "fnmatch", "fractions",
+    "functools", "getopt", "glob", "graphlib", "heapq", "json.decoder", "json.encoder", "keyword",
+    "numbers", "operator", "pprint", "queue", "random", "sched", "shlex", "string", "textwrap",
+)
+VAL_FRACTION = 0.1
+CORPORA = ("prose", "python")
+
+
+def encode(text: str) -> torch.Tensor:
+    """Characters → ids of `VOCABULARY`, shape (len(text),), int64; unknown characters → `UNKNOWN_ID`."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return torch.tensor([_CHAR_TO_ID.get(c, UNKNOWN_ID) for c in text], dtype=torch.int64)
+
+
+def decode(ids) -> str:
+    """Ids of `VOCABULARY` → text. ``ids``: any sequence or 1-D tensor of ints in [0, VOCAB_SIZE)."""
+    values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    bad = [i for i in values if not 0 <= int(i) < VOCAB_SIZE]
+    if bad:
+        raise ValueError(f"ids must lie in [0, {VOCAB_SIZE}), got {bad[0]}")
+    return "".join(VOCABULARY[int(i)] for i in values)
+
+
+@dataclass
+class TextCorpus:
+    """An encoded corpus with its train/validation split and a report of what was read.
+
+    ``train``, ``val``: 1-D int64 tensors of character ids. ``documents``: the names read
+    (topics or module files); ``characters``: how many characters; ``unknown_fraction``: the share of
+    characters mapped to the unknown symbol.
+    """
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    documents: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    characters: int = 0
+    unknown_fraction: float = 0.0
+
+    def report(self) -> str:
+        """One line: what was read, how many characters, how many unknown."""
+        skipped = f", skipped {len(self.skipped)} ({', '.join(self.skipped)})" if self.skipped else ""
+        return (f"{self.name}: {len(self.documents)} documents, {self.characters:,} characters "
+                f"({len(self.train):,} train / {len(self.val):,} val), "
+                f"unknown characters {self.unknown_fraction:.3%}{skipped}")
+
+
+def _split_documents(name: str, documents: dict[str, str], skipped: list[str]) -> TextCorpus:
+    """Encode each document; its first 90 % goes to training and its last 10 % to validation."""
+    train_parts, val_parts, unknown, total = [], [], 0, 0
+    for text in documents.values():
+        ids = encode(text + "\n\n")
+        cut = int(len(ids) * (1 - VAL_FRACTION))
+        train_parts.append(ids[:cut])
+        val_parts.append(ids[cut:])
+        unknown += int((ids == UNKNOWN_ID).sum())
+        total += len(ids)
+    return TextCorpus(name, torch.cat(train_parts), torch.cat(val_parts), list(documents), skipped,
+                      total, unknown / max(total, 1))
+
+
+def python_source_documents(modules=PYTHON_SOURCE_MODULES) -> tuple[dict[str, str], list[str]]:
+    """Read each module's source file from this Python's standard library.
+
+    Returns ``({"json/decoder.py": source, ...}, skipped)``; a module without a readable ``.py`` file
+    (some embedded Pythons ship only bytecode) is listed in ``skipped`` instead of failing.
+    """
+    documents, skipped = {}, []
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+            path = Path(module.__file__)
+            text = path.read_text(encoding="utf-8")
+        except (ImportError, AttributeError, TypeError, OSError, UnicodeDecodeError):
+            skipped.append(module_name)
+            continue
+        documents[module_name.replace(".", "/") + ".py"] = text
+    return documents, skipped
+
+
+def prose_documents() -> dict[str, str]:
+    """Python's documentation topics (``pydoc_data.topics``, what ``help('topic')`` shows), sorted by name."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as error:  # a few stripped-down Pythons leave the docs out
+        raise RuntimeError("this Python has no pydoc_data.topics (its documentation topics), "
+                           "which the prose corpus is read from") from error
+    return {name: topics[name] for name in sorted(topics)}
+
+
+_CORPUS_CACHE: dict[str, TextCorpus] = {}
+
+
+def load_corpus(name: str) -> TextCorpus:
+    """Read, encode and split one corpus: ``"prose"`` (documentation topics) or ``"python"`` (stdlib source).
+
+    Read once per process and cached. Call ``.report()`` to see what was read.
+    See notebook 05_finetuning_strategies_compared.
+    """
+    if name not in CORPORA:
+        raise ValueError(f"name={name!r} is not a corpus; allowed values: {', '.join(CORPORA)}")
+    if name not in _CORPUS_CACHE:
+        if name == "prose":
+            corpus = _split_documents(name, prose_documents(), [])
+        else:
+            documents, skipped = python_source_documents()
+            if not documents:
+                raise RuntimeError(f"none of the standard-library modules {PYTHON_SOURCE_MODULES} has a "
+                                   "readable .py file in this Python")
+            corpus = _split_documents(name, documents, skipped)
+        _CORPUS_CACHE[name] = corpus
+    return _CORPUS_CACHE[name]
+
+
+def random_windows(ids: torch.Tensor, batch_size: int, context: int,
+                   generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random windows for next-character prediction.
+
+    Returns ``x`` and ``y``, both (batch_size, context) int64, with ``y[:, t] = x[:, t+1]`` in the text:
+    the model reads ``x`` and predicts ``y``. Start positions are drawn with ``generator``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive int, got {context!r}")
+    if len(ids) <= context + 1:
+        raise ValueError(f"the text ({len(ids)} ids) is too short for context={context}")
+    starts = torch.randint(0, len(ids) - context - 1, (batch_size,), generator=generator)
+    offsets = torch.arange(context + 1)
+    windows = ids[starts[:, None] + offsets[None, :]]
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+def evaluation_windows(ids: torch.Tensor, context: int, max_windows: int = 64,
+                       device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed, evenly spaced windows for a deterministic validation loss.
+
+    Returns ``x``, ``y`` of shape (n, context) with n = min(max_windows, windows that fit).
+    """
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive int, got {context!r}")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+        raise ValueError(f"max_windows must be a positive int, got {max_windows!r}")
+    fits = (len(ids) - 1) // context
+    if fits < 1:
+        raise ValueError(f"the text ({len(ids)} ids) is too short for context={context}")
+    n = min(max_windows, fits)
+    starts = torch.linspace(0, len(ids) - context - 1, n).long()
+    offsets = torch.arange(context + 1)
+    windows = ids[starts[:, None] + offsets[None, :]]
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y

@@ -1,0 +1,160 @@
+"""Measuring what a fine-tuning strategy costs: parameters, memory, disk, time.
+
+Explained in notebook 05_finetuning_strategies_compared.
+
+- Counts are exact: trainable parameters, and the bytes of what training keeps per trainable number
+  (the weight, its gradient and AdamW's two moment estimates: ``4 × 4`` bytes in float32).
+- Disk: the bytes of a safetensors file holding what must be stored per task.
+- Time: medians of many runs after a warm-up; models compared with each other are timed in turns
+  (round robin), so a slow moment on a busy machine hits all of them alike. Timings vary between
+  machines and runs; compare ratios measured side by side, never absolute times across machines.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .training import tensor_bytes
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """``trainable`` and ``total`` numbers in a model's parameters; ``percent_of(base)`` = 100·trainable/base."""
+
+    trainable: int
+    total: int
+
+    def percent_of(self, base_total: int) -> float:
+        if base_total <= 0:
+            raise ValueError(f"base_total must be positive, got {base_total}")
+        return 100.0 * self.trainable / base_total
+
+
+def count_trainable(model: nn.Module) -> ParameterCount:
+    """Trainable (``requires_grad``) and total parameter counts. See notebook 05_finetuning_strategies_compared."""
+    _check_model(model)
+    params = list(model.parameters())
+    return ParameterCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def training_memory_bytes(model: nn.Module) -> dict[str, int]:
+    """Exact bytes of what training with AdamW keeps, from the model's tensors (nothing is run).
+
+    ``weights``: every parameter (frozen ones too); ``gradients``: one per trainable number;
+    ``optimizer``: AdamW's ``exp_avg`` and ``exp_avg_sq`` per trainable number plus one 4-byte ``step``
+    per trainable tensor; ``trainable_total`` = trainable weights + gradients + optimizer state
+    (float32: 16 bytes per trainable number). Activations are not included: they depend on the batch.
+    See notebook 05_finetuning_strategies_compared.
+    """
+    _check_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    weights = tensor_bytes(model.parameters())
+    trainable_weights = tensor_bytes(trainable)
+    gradients = trainable_weights
+    optimizer = 2 * trainable_weights + 4 * len(trainable)
+    return {"weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
+            "optimizer": optimizer, "trainable_total": trainable_weights + gradients + optimizer}
+
+
+def checkpoint_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Bytes on disk of ``tensors`` saved as one safetensors file (the format PEFT stores adapters in)."""
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise ValueError("tensors must be a non-empty mapping of names to tensors")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "task.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+        return path.stat().st_size
+
+
+def lora_flop_ratio(r: int, d: int, k: int) -> float:
+    """Extra multiply-adds of an unmerged LoRA layer relative to its frozen ``d × k`` weight: ``r(d+k)/(dk)``."""
+    for name, value in (("r", r), ("d", d), ("k", k)):
+        _check_positive_int(name, value)
+    return r * (d + k) / (d * k)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+
+def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, repeats: int = 50,
+                      warmup: int = 5) -> dict[str, float]:
+    """Median seconds of one forward pass of each model on ``example``, timed in turns.
+
+    Each model runs ``warmup`` passes, then ``repeats`` rounds in which every model runs once (round
+    robin, in eval mode, under ``torch.inference_mode``). Returns ``{name: median seconds}``.
+    See notebook 05_finetuning_strategies_compared.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping of names to models")
+    for model in models.values():
+        _check_model(model)
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"example must be a torch.Tensor, got {type(example).__name__}")
+    _check_positive_int("repeats", repeats)
+    _check_positive_int("warmup", warmup, 0)
+    device = example.device
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.eval()
+            for _ in range(warmup):
+                model(example)
+        _synchronize(device)
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(example)
+                _synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def time_inference(model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5) -> float:
+    """Median seconds of one forward pass of ``model`` on ``example`` (after ``warmup`` passes)."""
+    return measure_latencies({"model": model}, example, repeats, warmup)["model"]
+
+
+def time_state_load(model: nn.Module, state: Mapping[str, torch.Tensor], repeats: int = 20) -> float:
+    """Median seconds to copy ``state`` into ``model`` (``load_state_dict(strict=False)``): swapping a task.
+
+    Every key of ``state`` must exist in the model. See notebook 05_finetuning_strategies_compared.
+    """
+    _check_model(model)
+    _check_positive_int("repeats", repeats)
+    missing = sorted(set(state) - set(model.state_dict()))
+    if missing:
+        raise ValueError(f"state has keys the model lacks: {', '.join(missing[:5])}")
+    device = next(model.parameters()).device
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.load_state_dict(state, strict=False)
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_note(peak_bytes: int | None) -> str:
+    """A table entry for CUDA's peak allocated memory: ``'1.23 MB'``, or ``'n/a (CPU)'`` where it is not reported."""
+    return "n/a (CPU)" if peak_bytes is None else f"{peak_bytes / 1e6:.2f} MB"

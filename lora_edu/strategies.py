@@ -1,0 +1,299 @@
+"""Five ways to adapt a pretrained model, applied to the same base with one function.
+
+Explained in notebook 05_finetuning_strategies_compared. `apply_strategy(model, name, **config)`
+changes ``model`` in place, freezes what the strategy does not train, and returns it:
+
+- ``"full"``: every parameter trains (full fine-tuning).
+- ``"dense_delta"``: beside each frozen target weight ``W0 (out, in)`` a trainable full-rank
+  ``ΔW (out, in)``, initialised to zero: ``h = W0 x + ΔW x + b``. Mergeable (``W0 ← W0 + ΔW``).
+  Often called "regular fine-tuning" in the LoRA literature: LoRA is its low-rank version.
+- ``"adapters"``: a serial bottleneck adapter after each target sub-layer (Houlsby et al. 2019):
+  ``h ← h + up(gelu(down(h)))``, ``down: d → m``, ``up: m → d``, ``up`` near zero so the adapter
+  starts near the identity. It sits after a nonlinearity, so it cannot be merged: it adds depth.
+- ``"lora"``: `lora_edu.add_lora` on the target linear layers: ``h = W0 x + (α/r) B A x``. Mergeable.
+- ``"head_only"``: only the output layer trains (a linear probe); ``"bias_only"``: only biases train
+  (BitFit). Cheap baselines.
+
+Each model class names its default targets (``linear_targets``, ``adapter_targets``, ``head_name``,
+see `lora_edu.models`); ``targets=`` overrides them with PEFT's rules (a list of names or dotted
+suffixes, or a regular expression matched against full names).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora import LoRALinear, add_lora, check_lora_hyperparameters, lora_layers, target_matches
+
+STRATEGIES = ("full", "dense_delta", "adapters", "lora", "head_only", "bias_only")
+MERGEABLE = ("dense_delta", "lora")
+STRATEGY_OPTIONS = {
+    "full": {},
+    "dense_delta": {"targets": None},
+    "adapters": {"targets": None, "bottleneck": 8, "init_scale": 1e-3},
+    "lora": {"targets": None, "r": 4, "alpha": 8.0, "dropout": 0.0},
+    "head_only": {"head": None},
+    "bias_only": {},
+}
+STRATEGY_LABELS = {"full": "full fine-tuning", "dense_delta": "dense ΔW", "adapters": "serial adapters",
+                   "lora": "LoRA", "head_only": "head only", "bias_only": "bias only"}
+
+
+class DenseDeltaLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable full-rank update: ``h = base(x) + x ΔWᵀ``.
+
+    ``delta_weight``: ``(out_features, in_features)``, zeros at the start (output unchanged).
+    ``merge()``: ``W0 ← W0 + ΔW``, after which the forward pass is ``base(x)`` alone; ``unmerge()``
+    subtracts it again. See notebook 05_finetuning_strategies_compared.
+    """
+
+    def __init__(self, base: nn.Linear):
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.delta_weight = nn.Parameter(torch.zeros_like(base.weight))
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        if self.merged:
+            return result
+        return result + F.linear(x, self.delta_weight)
+
+    @torch.no_grad()
+    def merge(self) -> "DenseDeltaLinear":
+        if self.merged:
+            raise ValueError("this DenseDeltaLinear is already merged; merging again would add ΔW twice")
+        self.base.weight.add_(self.delta_weight)
+        self.merged = True
+        return self
+
+    @torch.no_grad()
+    def unmerge(self) -> "DenseDeltaLinear":
+        if not self.merged:
+            raise ValueError("this DenseDeltaLinear is not merged; call merge() first")
+        self.base.weight.sub_(self.delta_weight)
+        self.merged = False
+        return self
+
+
+def output_features(module: nn.Module) -> int:
+    """The width of a sub-layer's output: ``out_features`` of a Linear, else of its last Linear."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"cannot tell the output width of a {type(module).__name__} without nn.Linear layers")
+    return linears[-1].out_features
+
+
+class SerialAdapter(nn.Module):
+    """A frozen sub-layer followed by a bottleneck adapter: ``h = f(x);  h + up(gelu(down(h)))``.
+
+    ``down``: ``Linear(d, m)`` (PyTorch's default init), ``up``: ``Linear(m, d)`` with weights drawn
+    from ``N(0, init_scale²)`` and zero bias, so the adapter starts near the identity (Houlsby et al.
+    2019). Adds ``2·d·m + m + d`` trainable numbers and two matrix products per token, in series:
+    the extra latency cannot be merged away. See notebook 05_finetuning_strategies_compared.
+    """
+
+    def __init__(self, sublayer: nn.Module, bottleneck: int, init_scale: float = 1e-3):
+        if not isinstance(sublayer, nn.Module):
+            raise TypeError(f"sublayer must be a torch.nn.Module, got {type(sublayer).__name__}")
+        super().__init__()
+        features = output_features(sublayer)
+        self.sublayer = sublayer
+        self.sublayer.requires_grad_(False)
+        device, dtype = next(sublayer.parameters()).device, next(sublayer.parameters()).dtype
+        self.down = nn.Linear(features, bottleneck, device=device, dtype=dtype)
+        self.up = nn.Linear(bottleneck, features, device=device, dtype=dtype)
+        nn.init.normal_(self.up.weight, 0.0, init_scale)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        h = self.sublayer(*args, **kwargs)
+        return h + self.up(F.gelu(self.down(h)))
+
+
+_WRAPPERS = (LoRALinear, DenseDeltaLinear, SerialAdapter)
+
+
+def _check_targets(targets) -> None:
+    if isinstance(targets, str):
+        if not targets:
+            raise ValueError("targets must not be empty: a list of module names or a regular expression")
+        return
+    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise TypeError(f"targets must be a non-empty list of module names or a regular expression (str), "
+                        f"got {targets!r}")
+
+
+def _resolve_targets(model: nn.Module, targets, default_attribute: str, kind: type | None) -> list[str]:
+    """Full names of the modules ``targets`` selects (``kind``: the type they must have, if any)."""
+    if targets is None:
+        targets = getattr(model, default_attribute, None)
+        if targets is None:
+            raise ValueError(f"targets must be given: {type(model).__name__} has no default "
+                             f"{default_attribute!r} attribute")
+    _check_targets(targets)
+    if not isinstance(targets, str):
+        targets = list(targets)
+    names = [n for n, _ in model.named_modules() if n and target_matches(n, targets)]
+    if not names:
+        existing = [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
+        raise ValueError(f"targets={targets!r} matches no module of this model; modules that exist: "
+                         f"{', '.join(existing)}")
+    if kind is not None:
+        wrong = [f"{n} ({type(model.get_submodule(n)).__name__})" for n in names
+                 if not isinstance(model.get_submodule(n), kind)]
+        if wrong:
+            raise TypeError(f"targets={targets!r} matches {', '.join(wrong)}, which is not a {kind.__name__}")
+    nested = [n for n in names if any(n.startswith(o + ".") for o in names)]
+    if nested:
+        raise ValueError(f"targets={targets!r} selects modules inside other targets: {', '.join(nested)}")
+    return names
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+def _check_config(name: str, config: dict) -> dict:
+    allowed = STRATEGY_OPTIONS[name]
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        shown = ", ".join(allowed) if allowed else "none"
+        raise TypeError(f"strategy {name!r} takes no option(s) {', '.join(unknown)}; allowed options: {shown}")
+    merged = dict(allowed)
+    merged.update(config)
+    if name == "adapters":
+        bottleneck, scale = merged["bottleneck"], merged["init_scale"]
+        if isinstance(bottleneck, bool) or not isinstance(bottleneck, numbers.Integral) or bottleneck < 1:
+            raise ValueError(f"bottleneck must be a positive int (the adapter's width m), got {bottleneck!r}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"init_scale must be a finite number >= 0, got {scale!r}")
+    if name == "lora":
+        check_lora_hyperparameters(merged["r"], merged["alpha"], merged["dropout"])
+    return merged
+
+
+def strategy_of(model: nn.Module) -> str | None:
+    """The name of the strategy applied to ``model`` by `apply_strategy`, or None."""
+    return getattr(model, "finetuning_strategy", None)
+
+
+def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
+    """Prepare ``model`` for fine-tuning with strategy ``name``, in place; returns the same model.
+
+    ``name``: one of `STRATEGIES`; ``config``: the strategy's options (`STRATEGY_OPTIONS`, e.g.
+    ``r=4, alpha=8`` for LoRA, ``bottleneck=8`` for adapters, ``targets=[...]``). Trainable
+    numbers added per target ``W0 (out, in)``: dense ΔW ``out·in``; LoRA ``r·(in + out)``; an adapter
+    on a width-``d`` output ``2·d·m + m + d``. Everything is checked first: a bad name, option or
+    target raises ValueError/TypeError and leaves the model unchanged; so does a second strategy on
+    the same model. See notebook 05_finetuning_strategies_compared.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if name not in STRATEGIES:
+        raise ValueError(f"name={name!r} is not a fine-tuning strategy; allowed values: {', '.join(STRATEGIES)}")
+    if strategy_of(model) is not None or any(isinstance(m, _WRAPPERS) for m in model.modules()):
+        raise ValueError(f"model already has a fine-tuning strategy ({strategy_of(model) or 'wrapped layers'}); "
+                         "apply a strategy to a fresh copy of the base model")
+    options = _check_config(name, config)
+
+    if name == "full":
+        model.requires_grad_(True)
+    elif name == "dense_delta":
+        names = _resolve_targets(model, options["targets"], "linear_targets", nn.Linear)
+        model.requires_grad_(False)
+        for target in names:
+            _replace(model, target, DenseDeltaLinear(model.get_submodule(target)))
+    elif name == "adapters":
+        names = _resolve_targets(model, options["targets"], "adapter_targets", None)
+        for target in names:  # check every output width before changing anything
+            output_features(model.get_submodule(target))
+        model.requires_grad_(False)
+        for target in names:
+            _replace(model, target, SerialAdapter(model.get_submodule(target), int(options["bottleneck"]),
+                                                  float(options["init_scale"])))
+    elif name == "lora":
+        targets = options["targets"]
+        if targets is None:
+            targets = getattr(model, "linear_targets", None)
+            if targets is None:
+                raise ValueError(f"targets must be given: {type(model).__name__} has no default 'linear_targets'")
+            targets = list(targets)
+        add_lora(model, targets, options["r"], options["alpha"], options["dropout"])
+    elif name == "head_only":
+        head = options["head"] or getattr(model, "head_name", None)
+        if not isinstance(head, str) or not isinstance(dict(model.named_modules()).get(head), nn.Module):
+            raise ValueError(f"head={head!r} is not a module of this model; modules that exist: "
+                             f"{', '.join(n for n, _ in model.named_modules() if n)}")
+        model.requires_grad_(False)
+        model.get_submodule(head).requires_grad_(True)
+    elif name == "bias_only":
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        if not biases:
+            raise ValueError("model has no bias parameters, so 'bias_only' would train nothing")
+        model.requires_grad_(False)
+        for p in biases:
+            p.requires_grad_(True)
+    model.finetuning_strategy = name
+    return model
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What must be stored per task: the trainable tensors, keyed as in ``model.state_dict()``.
+
+    Full fine-tuning: the whole model; LoRA: ``lora_A``/``lora_B``; dense ΔW: ``delta_weight``s; adapters:
+    ``down``/``up``; head only: the head. Load it back with ``model.load_state_dict(sd, strict=False)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold a LoRA or dense-ΔW update into the frozen weights and put the plain ``nn.Linear`` layers back.
+
+    Afterwards the model has exactly the base model's architecture (PEFT's ``merge_and_unload``), so it
+    runs at the base model's speed. In place; returns the model. Raises ValueError for serial adapters
+    (not mergeable), a model without a strategy, or one already merged. See notebook
+    05_finetuning_strategies_compared.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    name = strategy_of(model)
+    if name is None:
+        raise ValueError("model has no fine-tuning strategy to merge; apply_strategy(model, ...) first")
+    if name.endswith("(merged)"):
+        raise ValueError("model has already been merged and unloaded")
+    if name not in MERGEABLE:
+        raise ValueError(f"strategy {name!r} cannot be merged; mergeable strategies: {', '.join(MERGEABLE)}"
+                         + (" (an adapter sits after a nonlinearity, so it is extra depth, not a weight change)"
+                            if name == "adapters" else " (it adds no modules: the model already is plain)"))
+    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, DenseDeltaLinear))}
+    if not wrappers:
+        raise ValueError("model has already been merged and unloaded")
+    for layer_name, layer in wrappers.items():
+        if not layer.merged:
+            layer.merge()
+        _replace(model, layer_name, layer.base)
+    model.finetuning_strategy = f"{name} (merged)"
+    return model
+
+
+def describe_trainable(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters, for a quick look at what a strategy trains."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+__all__ = ["STRATEGIES", "STRATEGY_OPTIONS", "STRATEGY_LABELS", "MERGEABLE", "DenseDeltaLinear",
+           "SerialAdapter", "apply_strategy", "merge_and_unload", "trainable_state_dict", "strategy_of",
+           "describe_trainable", "lora_layers"]

@@ -1,0 +1,230 @@
+"""One training loop for every model and every fine-tuning strategy, with a progress bar.
+
+Explained in notebook 05_finetuning_strategies_compared. The loop trains whatever parameters have
+``requires_grad=True`` (so the strategy decides what learns) with AdamW, and records per step: the
+training loss, the wall time, and (on CUDA) the peak allocated memory; it also measures the exact bytes
+of the gradients and of Adam's state at the end.
+
+The progress bar (tqdm) is shown in a terminal and in a kernel started by a Jupyter server; it is off
+when ``LORA_EDU_QUIET`` or ``PYTEST_CURRENT_TEST`` is set, and whenever output goes neither to a
+terminal nor to a Jupyter frontend (e.g. ``tools/store_outputs.py``, nbval), so no bar ever lands on
+stderr in a stored notebook. ``progress=True``/``False`` forces it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUIET_ENV_VARS = ("LORA_EDU_QUIET", "PYTEST_CURRENT_TEST")
+WARMUP_STEPS_NOT_TIMED = 3
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Whether the training bar is shown: ``progress`` if given, else automatic (see the module docstring)."""
+    if progress is not None:
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True, False or None (automatic), got {type(progress).__name__}")
+        return progress
+    if any(os.environ.get(name) for name in QUIET_ENV_VARS):
+        return False
+    if os.environ.get("JPY_SESSION_NAME"):  # a kernel started by JupyterLab / Jupyter Notebook
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress_bar(total: int, description: str, show: bool):
+    if not show:
+        return None
+    if os.environ.get("JPY_SESSION_NAME"):
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(total=total, desc=description, leave=True)
+
+
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) of ``logits (..., classes)`` against integer ``targets (...)``.
+
+    Works for a classifier (``(B, C)`` vs ``(B,)``) and a language model (``(B, T, V)`` vs ``(B, T)``).
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean cross-entropy of ``model(x)`` against ``y`` (eval mode, no gradients), in batches of ``batch_size``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        targets = y[start:start + batch_size]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                       reduction="sum"))
+        count += targets.numel()
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of rows of ``x (n, features)`` whose arg-max logit equals ``y (n,)``, in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    correct = float((model(x).argmax(dim=-1) == y).float().mean())
+    model.train(was_training)
+    return correct
+
+
+def tensor_bytes(tensors) -> int:
+    """Exact bytes of the given tensors' elements (``numel * element_size``), ignoring None."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Exact bytes of every tensor an optimizer keeps in its state (Adam: ``exp_avg``, ``exp_avg_sq``, ``step``)."""
+    return tensor_bytes(v for state in optimizer.state.values() for v in state.values()
+                        if isinstance(v, torch.Tensor))
+
+
+@dataclass
+class TrainingResult:
+    """What a training run recorded.
+
+    ``train_losses[i]``: the loss of step ``i``; ``step_seconds[i]``: its wall time;
+    ``evaluations``: ``{name: [value at each step of eval_steps]}``; ``grad_bytes`` and
+    ``optimizer_bytes``: measured after the last step; ``peak_memory_bytes``: CUDA's peak allocated
+    memory during training (None on other devices).
+    """
+
+    train_losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    evaluations: dict[str, list[float]] = field(default_factory=dict)
+    trainable_parameters: int = 0
+    grad_bytes: int = 0
+    optimizer_bytes: int = 0
+    peak_memory_bytes: int | None = None
+
+    @property
+    def median_step_seconds(self) -> float:
+        """Median wall time of a step, leaving out the first few (warm-up)."""
+        timed = self.step_seconds[WARMUP_STEPS_NOT_TIMED:] or self.step_seconds
+        return statistics.median(timed) if timed else float("nan")
+
+    def final(self, name: str) -> float:
+        """The last value of evaluation ``name``."""
+        if name not in self.evaluations:
+            raise ValueError(f"name={name!r} was not evaluated; allowed values: {', '.join(self.evaluations)}")
+        return self.evaluations[name][-1]
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+
+
+def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: float, *,
+          evaluate: Callable[[nn.Module], dict] | None = None, eval_every: int | None = None,
+          weight_decay: float = 0.0, warmup_steps: int = 0, final_lr_fraction: float = 1.0,
+          loss_fn: Callable = cross_entropy_loss, progress: bool | None = None,
+          description: str = "training") -> TrainingResult:
+    """Train the parameters of ``model`` that have ``requires_grad=True`` with AdamW.
+
+    Each step: ``x, y = next_batch(step)``; ``loss = loss_fn(model(x), y)``; backward; AdamW step
+    (``lr``, ``weight_decay``). The learning rate rises linearly over ``warmup_steps`` and then decays
+    along a cosine to ``final_lr_fraction · lr`` (1.0: constant). ``evaluate(model)`` returns
+    ``{name: value}`` and runs before the first step, every ``eval_every`` steps and after the last.
+    Returns a `TrainingResult`. See notebook 05_finetuning_strategies_compared.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(next_batch):
+        raise TypeError(f"next_batch must be a callable step -> (x, y), got {type(next_batch).__name__}")
+    _check_int("steps", steps, 1)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    _check_int("warmup_steps", warmup_steps, 0)
+    if not isinstance(final_lr_fraction, (int, float)) or not 0 <= final_lr_fraction <= 1:
+        raise ValueError(f"final_lr_fraction must be a number in [0, 1], got {final_lr_fraction!r}")
+    if eval_every is not None:
+        _check_int("eval_every", eval_every, 1)
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable model -> dict or None, got {type(evaluate).__name__}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad=True): apply a strategy first, "
+                         "e.g. lora_edu.apply_strategy(model, 'lora')")
+    show = progress_enabled(progress)
+
+    device = params[0].device
+    on_cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        span = max(steps - warmup_steps, 1)
+        progress_fraction = (step - warmup_steps) / span
+        return lr * (final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
+
+    result = TrainingResult(trainable_parameters=sum(p.numel() for p in params))
+
+    def run_evaluation(step: int) -> None:
+        if evaluate is None:
+            return
+        values = evaluate(model)
+        result.eval_steps.append(step)
+        for name, value in values.items():
+            result.evaluations.setdefault(name, []).append(float(value))
+
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    run_evaluation(0)
+    bar = _progress_bar(steps, description, show)
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        x, y = next_batch(step)
+        start = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        result.step_seconds.append(time.perf_counter() - start)
+        result.train_losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{result.train_losses[-1]:.3f}")
+        if eval_every is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
+            run_evaluation(step + 1)
+    if bar is not None:
+        bar.close()
+    result.grad_bytes = tensor_bytes(p.grad for p in params)
+    result.optimizer_bytes = optimizer_state_bytes(optimizer)
+    if on_cuda:
+        result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+    run_evaluation(steps)
+    model.eval()
+    return result

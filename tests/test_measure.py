@@ -1,0 +1,71 @@
+"""Tests of lora_edu.measure: exact counts and bytes, timings that run (never asserted as times)."""
+import pytest
+import torch
+
+from lora_edu import measure, models, strategies
+
+
+def test_counts_and_percent():
+    model = strategies.apply_strategy(models.DigitsMLP(hidden=16), "head_only")
+    count = measure.count_trainable(model)
+    assert count.trainable == 16 * 10 + 10
+    assert count.total == models.count_parameters(models.DigitsMLP(hidden=16))
+    assert count.percent_of(count.total) == pytest.approx(100 * 170 / count.total)
+    with pytest.raises(ValueError, match="base_total must be positive"):
+        count.percent_of(0)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        measure.count_trainable([1, 2])
+
+
+def test_training_memory_is_16_bytes_per_trainable_number_in_float32():
+    model = strategies.apply_strategy(models.DigitsMLP(hidden=16), "lora", r=2)
+    memory = measure.training_memory_bytes(model)
+    trainable = measure.count_trainable(model).trainable
+    tensors = sum(1 for p in model.parameters() if p.requires_grad)
+    assert memory["trainable_weights"] == 4 * trainable
+    assert memory["trainable_total"] == 16 * trainable + 4 * tensors
+    assert memory["weights"] == 4 * measure.count_trainable(model).total
+    half = models.DigitsMLP(hidden=16).half()
+    assert measure.training_memory_bytes(half)["trainable_weights"] == 2 * models.count_parameters(half)
+
+
+def test_checkpoint_bytes_grow_with_the_data():
+    small = measure.checkpoint_bytes({"a": torch.zeros(10)})
+    large = measure.checkpoint_bytes({"a": torch.zeros(1000)})
+    assert 990 * 4 <= large - small <= 990 * 4 + 16  # the data, plus a few header digits
+    assert small < 200  # a small JSON header
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        measure.checkpoint_bytes({})
+
+
+def test_lora_flop_ratio():
+    assert measure.lora_flop_ratio(8, 2500, 2500) == pytest.approx(8 * 5000 / 2500 ** 2)
+    with pytest.raises(ValueError, match="r must be an int >= 1"):
+        measure.lora_flop_ratio(0, 4, 4)
+
+
+def test_latency_measurements_run_and_return_every_model():
+    a, b = models.DigitsMLP(hidden=8), models.DigitsMLP(hidden=16)
+    times = measure.measure_latencies({"a": a, "b": b}, torch.zeros(1, 64), repeats=3, warmup=1)
+    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
+    assert measure.time_inference(a, torch.zeros(2, 64), repeats=2, warmup=0) > 0
+    with pytest.raises(ValueError, match="models must be a non-empty mapping"):
+        measure.measure_latencies({}, torch.zeros(1, 64))
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        measure.measure_latencies({"a": a}, torch.zeros(1, 64), repeats=0)
+    with pytest.raises(TypeError, match="example must be a torch.Tensor"):
+        measure.measure_latencies({"a": a}, [0.0] * 64)
+
+
+def test_time_state_load_swaps_the_weights():
+    model = strategies.apply_strategy(models.DigitsMLP(hidden=8), "lora", r=2)
+    state = {k: torch.ones_like(v) for k, v in strategies.trainable_state_dict(model).items()}
+    assert measure.time_state_load(model, state, repeats=2) > 0
+    assert torch.equal(model.fc1.lora_A, torch.ones_like(model.fc1.lora_A))
+    with pytest.raises(ValueError, match="keys the model lacks: nope"):
+        measure.time_state_load(model, {"nope": torch.zeros(1)})
+
+
+def test_peak_memory_note():
+    assert measure.peak_memory_note(None) == "n/a (CPU)"
+    assert measure.peak_memory_note(2_500_000) == "2.50 MB"
