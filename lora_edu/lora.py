@@ -243,6 +243,11 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
             already.append(f"{name!r} (inside LoRA layer {owners[name]!r})" if owners[name] != name else repr(name))
         elif not isinstance(module, nn.Linear):
             not_linear.append(f"{name!r} ({type(module).__name__})")
+        elif isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
+            # MultiheadAttention reads out_proj.weight directly instead of calling out_proj(x):
+            # a wrapped out_proj would be bypassed (or break), so refuse it here.
+            not_linear.append(f"{name!r} (the output projection inside nn.MultiheadAttention, which reads its "
+                              "weight directly)")
         else:
             matched.append(name)
     if already:

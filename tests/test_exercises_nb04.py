@@ -9,7 +9,6 @@ from lora_edu import LoRALinear
 from lora_edu.checks import NOT_ANSWERED
 from lora_edu.exercises import nb04
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture

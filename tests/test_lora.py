@@ -12,7 +12,6 @@ import lora_edu
 from lora_edu.lora import LoRALinear, add_lora, find_target_modules, lora_layers, lora_state_dict, \
     merge_lora, target_matches, unmerge_lora
 
-torch.set_num_threads(1)
 
 
 class MLP(nn.Module):

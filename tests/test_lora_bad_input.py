@@ -17,7 +17,6 @@ from lora_edu import (LoRALinear, add_lora, load_peft_adapter, lora_state_dict, 
 from lora_edu.lora import lora_layers
 from lora_edu.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, read_adapter_config
 
-torch.set_num_threads(1)
 
 
 class MLP(nn.Module):
@@ -162,6 +161,8 @@ MODEL_CASES = [
      r"'act' \(ReLU\)"),
     ("add-regex-hits-layernorm", Nested, lambda m: add_lora(m, r"blocks\.\d\..*", r=2, alpha=2), TypeError,
      r"LayerNorm"),
+    ("add-multihead-attention-out-proj", lambda: nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 8)),
+     lambda m: add_lora(m, ["out_proj", "1"], r=2, alpha=2), TypeError, r"'0.out_proj' \(the output projection"),
     ("add-model-not-module", None, lambda m: add_lora({"fc1": nn.Linear(2, 2)}, ["fc1"], r=2, alpha=2),
      TypeError, "model must be a torch.nn.Module"),
     ("add-model-is-a-linear", lambda: nn.Linear(3, 3), lambda m: add_lora(m, ["weight"], r=2, alpha=2),

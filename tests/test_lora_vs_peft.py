@@ -21,7 +21,6 @@ from lora_edu.lora import lora_layers
 peft = pytest.importorskip("peft", reason="peft is a test dependency: pip install -r requirements.txt")
 from peft.tuners.lora import Linear as PeftLinear  # noqa: E402
 
-torch.set_num_threads(1)
 REPORT = Path(__file__).resolve().parents[1] / ".test-reports" / "lora_vs_peft.txt"
 MEASURED: dict[str, float] = {"unmerged output": 0.0, "merged output": 0.0, "gradient": 0.0,
                               "round trip output": 0.0}

@@ -14,7 +14,6 @@ from lora_edu import add_lora, load_peft_adapter, lora_state_dict, merge_lora, s
 from lora_edu.lora import lora_layers
 from lora_edu.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, peft_key, read_adapter_config
 
-torch.set_num_threads(1)
 
 
 class Net(nn.Module):
