@@ -297,10 +297,11 @@ def test_half_precision_merge_stays_in_weight_dtype():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_layer_lives_on_the_base_device():
     base = nn.Linear(8, 4).cuda()
+    cpu_base = nn.Linear(8, 4)  # made before seeding: its own init must not shift the generator
     torch.manual_seed(0)
     layer = LoRALinear(base, r=2, alpha=2)
     torch.manual_seed(0)
-    cpu_layer = LoRALinear(nn.Linear(8, 4), r=2, alpha=2)
+    cpu_layer = LoRALinear(cpu_base, r=2, alpha=2)
     assert layer.lora_A.device.type == "cuda" and layer.lora_B.device.type == "cuda"
     assert torch.equal(layer.lora_A.cpu(), cpu_layer.lora_A)  # same init on every device
     trained_like(layer)
