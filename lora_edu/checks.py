@@ -54,40 +54,56 @@ def _as_array(value):
     return np.asarray(value)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:,.6g}"
+def _is_numeric(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+
+
+def _fmt(x: float, integral: bool = False) -> str:
+    return f"{x:,.0f}" if integral or (float(x).is_integer() and abs(x) < 1e15) else f"{x:,.6g}"
+
+
+def _relative(off: float, expected: float) -> str:
+    if expected == 0:
+        return ""
+    rel = abs(off) / abs(expected)
+    shown = f"{rel:.2%}" if rel >= 1e-4 else f"{rel:.1e} relative"
+    return f" ({shown} too {'high' if off > 0 else 'low'})"
 
 
 def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float = 0.0,
                 what: str = "") -> CheckResult:
     """Compare numbers or arrays: equal within ``atol + rtol * |expected|``, element by element.
 
+    Integer answers (counts, bytes) must match exactly. Strings, None and booleans are not numbers.
     A wrong scalar is reported with the difference and the relative error; a wrong array with its
     shape, or with the largest difference and where it is.
     """
     if got is NOT_ANSWERED:
         return not_answered(exercise)
     label = f"{what} " if what else ""
-    try:
-        got_arr = _as_array(got).astype(float)
-    except (TypeError, ValueError):
-        return failed(exercise, f"expected a number or an array{' for ' + what if what else ''}, "
+    for_what = f" for {what}" if what else ""
+    got_arr = _as_array(got) if not isinstance(got, (str, bytes, bool, type(None))) else None
+    if got_arr is None or got_arr.dtype == object or got_arr.dtype == bool or not _is_numeric(got_arr):
+        return failed(exercise, f"expected a number or an array of numbers{for_what}, "
                                 f"got {type(got).__name__}: {got!r:.60}")
-    exp_arr = _as_array(expected).astype(float)
+    got_arr = got_arr.astype(float)
+    expected_raw = _as_array(expected)
+    integral = np.issubdtype(expected_raw.dtype, np.integer)
+    exp_arr = expected_raw.astype(float)
     if got_arr.shape != exp_arr.shape:
         return failed(exercise, f"{label}has shape {tuple(got_arr.shape)}, expected {tuple(exp_arr.shape)}.")
     if not np.all(np.isfinite(got_arr)):
         return failed(exercise, f"{label}contains NaN or infinity.")
     diff = np.abs(got_arr - exp_arr)
-    tolerance = atol + rtol * np.abs(exp_arr)
+    tolerance = np.zeros_like(exp_arr) if integral else atol + rtol * np.abs(exp_arr)
     if np.all(diff <= tolerance):
-        shown = _fmt(float(exp_arr)) if exp_arr.ndim == 0 else f"shape {tuple(exp_arr.shape)}"
+        shown = _fmt(float(exp_arr), integral) if exp_arr.ndim == 0 else f"shape {tuple(exp_arr.shape)}"
         return passed(exercise, f"correct ({label}{shown}).")
     if exp_arr.ndim == 0:
         g, e = float(got_arr), float(exp_arr)
         off = g - e
-        rel = f" ({abs(off) / abs(e):.2%} too {'high' if off > 0 else 'low'})" if e != 0 else ""
-        return failed(exercise, f"{label}expected {_fmt(e)}, got {_fmt(g)}: off by {_fmt(abs(off))}{rel}.")
+        return failed(exercise, f"{label}expected {_fmt(e, integral)}, got {_fmt(g)}: "
+                                f"off by {_fmt(abs(off))}{_relative(off, e)}.")
     worst = np.unravel_index(int(np.argmax(diff - tolerance)), diff.shape)
     n_bad = int(np.sum(diff > tolerance))
     return failed(exercise, f"{label}{n_bad} of {diff.size} entries are off; the largest difference is "

@@ -44,9 +44,21 @@ def test_arrays_report_shape_and_worst_entry():
     assert "1 of 6 entries are off" in message and "0.5 at index (1, 2)" in message
 
 
-def test_non_numbers_and_nan_fail_clearly():
-    assert "expected a number or an array" in str(check_value("E", "forty", 40))
-    assert "NaN" in str(check_value("E", float("nan"), 40))
+@pytest.mark.parametrize("answer", ["forty", "40", None, True, [1, "a"], b"40"])
+def test_non_numbers_fail_clearly(answer):
+    result = check_value("E", answer, 40)
+    assert result.passed is False and "expected a number" in str(result)
+
+
+def test_nan_fails_clearly():
+    assert "NaN" in str(check_value("E", float("nan"), 40.0))
+
+
+def test_integer_answers_must_be_exact_and_read_with_separators():
+    result = check_value("E", 1_872_000_001, 1_872_000_000, what="bytes")
+    assert result.passed is False
+    assert "expected 1,872,000,000, got 1,872,000,001: off by 1 (5.3e-10 relative too high)" in str(result)
+    assert check_value("E", 1_872_000_000.0, 1_872_000_000).passed
 
 
 def test_check_true():
