@@ -18,7 +18,7 @@ from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, f
 from .lora import (LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04
                    unmerge_lora)
 from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
-from . import data, measure, models, pretrain, strategies, training  # noqa: F401  (notebook 05)
+from . import data, measure, models, strategies, training  # noqa: F401  (05; not pretrain, bench: scripts)
 from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05
 
 __version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""Checks for the exercises of notebook 05_finetuning_strategies_compared.
+
+Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
+returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much, with a hint for the
+usual mistakes (the frozen weight counted as trainable, Adam's two states forgotten, d·k instead of
+r(d+k)).
+"""
+from __future__ import annotations
+
+import numbers
+
+from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _with_hints(result: CheckResult, answer, mistakes) -> CheckResult:
+    """Add the hint of the first known mistake that ``answer`` equals."""
+    if result.passed is not False or not _is_number(answer):
+        return result
+    for candidate, hint in mistakes:
+        if abs(float(answer) - candidate) <= 1e-9 * max(1.0, abs(candidate)):
+            return failed(result.exercise, f"{result.message} Hint: {hint}")
+    return result
+
+
+def _check_count(name: str, answer, expected: int, what: str) -> CheckResult:
+    """An exact whole number: say how far off a wrong one is, with every digit shown."""
+    if not _is_number(answer):
+        return failed(name, f"expected a number of {what}, got {type(answer).__name__}: {answer!r:.40}")
+    if answer == expected:
+        return passed(name, f"correct ({expected:,} {what}).")
+    off = float(answer) - expected
+    return failed(name, f"expected {expected:,} {what}, got {answer:,}: off by {abs(off):,g} "
+                        f"({abs(off) / expected:.2%} too {'high' if off > 0 else 'low'}).")
+
+
+def _check_shape_arguments(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_lora_layer_parameters(answer, d_out: int, d_in: int, r: int) -> CheckResult:
+    """Exercise 1: trainable numbers LoRA adds to one ``d_out × d_in`` layer: ``r (d_in + d_out)``."""
+    _check_shape_arguments(d_out=d_out, d_in=d_in, r=r)
+    name = "Exercise 1"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    expected = r * (d_in + d_out)
+    result = _check_count(name, answer, expected, "trainable numbers")
+    return _with_hints(result, answer, [
+        (d_out * d_in, "that is the dense ΔW (d_out·d_in): LoRA stores two thin factors instead."),
+        (r * d_in, "that is A alone (r × d_in); B (d_out × r) trains too."),
+        (r * d_out, "that is B alone (d_out × r); A (r × d_in) trains too."),
+        (r * d_in * d_out, "the factors are added, not multiplied: r·d_in + r·d_out."),
+    ])
+
+
+def check_training_bytes(answer, trainable: int, bytes_per_number: int = 4) -> CheckResult:
+    """Exercise 2: bytes AdamW training keeps per trainable number: weight + gradient + two moments.
+
+    Expected ``4 · bytes_per_number · trainable`` (16 bytes each in float32); the 4-byte step counters
+    are left out.
+    """
+    _check_shape_arguments(trainable=trainable, bytes_per_number=bytes_per_number)
+    name = "Exercise 2"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    expected = 4 * bytes_per_number * trainable
+    result = _check_count(name, answer, expected, "bytes")
+    return _with_hints(result, answer, [
+        (bytes_per_number * trainable, "that is the weights alone; training also keeps a gradient and "
+                                       "AdamW's two moment estimates per number."),
+        (2 * bytes_per_number * trainable, "weights and gradients: AdamW adds two more numbers per weight "
+                                           "(exp_avg and exp_avg_sq)."),
+        (3 * bytes_per_number * trainable, "you counted one AdamW state; it keeps two (exp_avg and exp_avg_sq)."),
+        (4 * trainable, "that counts numbers, not bytes: multiply by the bytes per number."),
+    ])
+
+
+def check_flop_ratio(answer, d: int, k: int, r: int) -> CheckResult:
+    """Exercise 3: extra multiply-adds of an unmerged LoRA layer relative to ``W0 (d × k)``: ``r(d+k)/(dk)``."""
+    _check_shape_arguments(d=d, k=k, r=r)
+    name = "Exercise 3"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    expected = r * (d + k) / (d * k)
+    result = check_value(name, answer, expected, rtol=1e-6, what="extra compute ratio")
+    return _with_hints(result, answer, [
+        (1 + expected, "that is the total (1 + the extra part); the question asks for the extra part only."),
+        (r / d, "x goes through A (r × k) and then B (d × r): count both products, r·k + d·r."),
+        (r / k, "x goes through A (r × k) and then B (d × r): count both products, r·k + d·r."),
+    ])
+
+
+def check_adapter_parameters(answer, width: int, bottleneck: int, sublayers: int) -> CheckResult:
+    """Exercise 4: trainable numbers of serial adapters: per sub-layer ``2·d·m + m + d`` (two weights, two biases)."""
+    _check_shape_arguments(width=width, bottleneck=bottleneck, sublayers=sublayers)
+    name = "Exercise 4"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    d, m = width, bottleneck
+    expected = sublayers * (2 * d * m + m + d)
+    result = _check_count(name, answer, expected, "trainable numbers")
+    return _with_hints(result, answer, [
+        (sublayers * 2 * d * m, "you left out the biases: down has m, up has d."),
+        (2 * d * m + m + d, "that is one adapter; there is one after every target sub-layer."),
+        (sublayers * d * m, "each adapter has two matrices: down (m × d) and up (d × m)."),
+    ])
