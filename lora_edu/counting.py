@@ -105,13 +105,15 @@ LLAMA_7B = TransformerShape(
     "LLaMA-7B", n_layers=32, d_model=4096, d_ff=11008, vocab_size=32000, n_positions=0, mlp="swiglu",
     norm="rmsnorm", biases=False, tied_embeddings=False,
     source="Touvron et al. 2023, arXiv 2302.13971: Table 2 (6.7B: dimension 4096, 32 heads, 32 layers), "
-           "Sec. 2.1 (32k-token vocabulary), Sec. 2.2 (SwiGLU with hidden size 2/3·4d, 11008 in the "
-           "released weights; RMSNorm; rotary positions)")
+           "Sec. 2.2 (SwiGLU with hidden size 2/3·4d; RMSNorm; rotary positions); the paper gives no "
+           "vocabulary size: vocab_size 32000 and intermediate_size 11008 are from the released tokenizer "
+           "and config (Hugging Face LlamaConfig for the 7B weights)")
 GPT3_175B = TransformerShape(
     "GPT-3 175B", n_layers=96, d_model=12288, d_ff=4 * 12288, vocab_size=50257, n_positions=2048, mlp="gelu",
     norm="layernorm", biases=True, tied_embeddings=True,
-    source="Brown et al. 2020, arXiv 2005.14165: Table 2.1 (96 layers, d_model 12288, 96 heads, context 2048), "
-           "Sec. 2.1 (d_ff = 4·d_model; same architecture and tokenizer as GPT-2)")
+    source="Brown et al. 2020, arXiv 2005.14165: Table 2.1 (96 layers, d_model 12288, 96 heads), "
+           "Sec. 2.1 text (context window n_ctx = 2048; d_ff = 4·d_model; the same model and architecture "
+           "as GPT-2, so GPT-2's 50,257-token vocabulary is assumed)")
 PUBLISHED_MODELS = (GPT2_SMALL, LLAMA_7B, GPT3_175B)
 
 
@@ -157,6 +159,7 @@ def count_model_params(shape: TransformerShape) -> int:
 def lora_trainable_params(shape: TransformerShape, r: int, targets=("q", "v")) -> int:
     """Parameters LoRA trains when it adapts the matrices named in ``targets`` in every block:
     ``n_layers · Σ_targets r·(d_in + d_out)``. ``targets="all"`` adapts every linear layer of the blocks.
+    Each name may appear once (a matrix is adapted once, however often it is listed).
 
     See notebook 03_parameter_savings.
     """
@@ -165,6 +168,9 @@ def lora_trainable_params(shape: TransformerShape, r: int, targets=("q", "v")) -
         targets = tuple(layers)
     if isinstance(targets, str) or not targets:
         raise ValueError(f"targets must be a non-empty list of names from {sorted(layers)} or 'all', got {targets!r}")
+    duplicates = sorted({t for t in targets if list(targets).count(t) > 1})
+    if duplicates:
+        raise ValueError(f"targets must name each layer once, but {duplicates} appear more than once in {targets!r}")
     unknown = [t for t in targets if t not in layers]
     if unknown:
         raise ValueError(f"targets {unknown} are not layers of {shape.name}; allowed: {sorted(layers)} or 'all'")
@@ -215,19 +221,39 @@ def checkpoint_bytes(params: int, dtype: str = "bf16") -> int:
 
 def format_count(n) -> str:
     """A parameter count for people: ``4194304 → '4.19M'``, ``6738415616 → '6.74B'`` (3 significant digits)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, numbers.Real):
+        raise TypeError(f"n must be a number >= 0, got {type(n).__name__} {n!r}")
+    if not n >= 0:
         raise ValueError(f"n must be a number >= 0, got {n!r}")
-    for factor, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= factor:
-            return f"{n / factor:.3g}{unit}"
-    return f"{n:g}"
+    return _with_unit(n, ((1e3, "k"), (1e6, "M"), (1e9, "B"), (1e12, "T")), "{:.3g}{}", "{:.3g}")
 
 
 def format_bytes(n) -> str:
     """A size in decimal units with one decimal: ``8388608 → '8.4 MB'``, ``26953662464 → '27.0 GB'``."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, numbers.Real):
+        raise TypeError(f"n must be a number of bytes >= 0, got {type(n).__name__} {n!r}")
+    if not n >= 0:
         raise ValueError(f"n must be a number of bytes >= 0, got {n!r}")
-    for factor, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{n:g} B"
+    return _with_unit(n, ((1e3, "kB"), (1e6, "MB"), (1e9, "GB"), (1e12, "TB")), "{:.1f} {}", "{:g} B")
+
+
+def _with_unit(n, units, with_unit: str, plain: str) -> str:
+    """The largest unit that ``n`` reaches, moving up one when rounding reaches 1000 (999,999 → '1M', not '1e+03k')."""
+    scales = [(1, None)] + sorted(units)  # smallest first
+
+    def show(level: int) -> tuple[str, float]:
+        factor, unit = scales[level]
+        value = n / factor
+        if unit is None:
+            text = plain.format(value)
+        elif level == len(scales) - 1 and value >= 1000:  # nothing larger: keep the top unit, no exponent
+            text = with_unit.replace(":.3g", ":,.0f").replace(":.1f", ":,.1f").format(value, unit)
+        else:
+            text = with_unit.format(value, unit)
+        return text, float(text.rstrip("".join(u for _, u in units) + " B").replace(",", ""))
+
+    level = max(i for i, (factor, _) in enumerate(scales) if n >= factor or i == 0)
+    text, shown = show(level)
+    if shown >= 1000 and level < len(scales) - 1:
+        text, _ = show(level + 1)
+    return text

@@ -57,6 +57,14 @@ def check_rank(r, d: int, k: int, name: str = "r") -> int:
     return r
 
 
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int (>= 0), got {seed}")
+    return int(seed)
+
+
 def singular_values(matrix) -> np.ndarray:
     """The singular values σ₁ ≥ σ₂ ≥ … ≥ 0 of a ``(d, k)`` matrix: shape ``(min(d, k),)``.
 
@@ -122,7 +130,8 @@ def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = Non
 
     Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and
     ``∂L/∂A = Bᵀ (B A − W)``. Starts from small random factors (NumPy generator seeded with ``seed``);
-    the default step ``lr = 0.2 / σ₁(W)`` is stable for this loss. Returns ``(B, A, losses)`` with
+    the default step ``lr = 0.2 / σ₁(W)`` is stable for this loss (a step so large that the loss blows
+    up raises ``ValueError`` suggesting a smaller one). Returns ``(B, A, losses)`` with
     ``losses`` of shape ``(steps + 1,)``, the loss before each step and after the last.
     This is how LoRA learns its factors, in miniature: no SVD, only gradients.
     See notebook 01_rank_and_decomposition.
@@ -130,26 +139,39 @@ def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = Non
     target = as_matrix(matrix)
     d, k = target.shape
     r = check_rank(r, d, k)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be a positive int, got {type(steps).__name__} {steps!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be a positive int (>= 1), got {steps}")
     sigma_1 = np.linalg.norm(target, 2)
+    default_lr = 0.2 / max(sigma_1, 1e-12)
     if lr is None:
-        lr = 0.2 / max(sigma_1, 1e-12)
-    elif isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr and np.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number (or None for 0.2 / σ₁), got {lr!r}")
-    rng = np.random.default_rng(seed)
+        lr = default_lr
+    elif isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr must be a positive number (or None for 0.2 / σ₁), got {type(lr).__name__} {lr!r}")
+    elif not (0 < lr and np.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number (or None for 0.2 / σ₁), got {lr!r}")
+    rng = np.random.default_rng(_check_seed(seed))
     scale = np.sqrt(max(sigma_1, 1e-12) / r) * 0.1
     b = rng.normal(0.0, scale, size=(d, r))
     a = rng.normal(0.0, scale, size=(r, k))
     losses = np.empty(steps + 1)
-    for step in range(steps):
-        residual = b @ a - target
-        losses[step] = 0.5 * np.sum(residual**2)
-        grad_b = residual @ a.T
-        grad_a = b.T @ residual
-        b -= lr * grad_b
-        a -= lr * grad_a
-    losses[steps] = 0.5 * np.sum((b @ a - target) ** 2)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below and reported clearly
+        for step in range(steps):
+            residual = b @ a - target
+            losses[step] = 0.5 * np.sum(residual**2)
+            if not np.isfinite(losses[step]) or losses[step] > 1e6 * max(losses[0], 1e-300):
+                raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged (the loss grew from "
+                                 f"{losses[0]:.3g} to {losses[step]:.3g} by step {step}); use a smaller lr, "
+                                 f"e.g. the default lr=None (0.2 / σ₁ = {default_lr:.3g})")
+            grad_b = residual @ a.T
+            grad_a = b.T @ residual
+            b -= lr * grad_b
+            a -= lr * grad_a
+        losses[steps] = 0.5 * np.sum((b @ a - target) ** 2)
+    if not np.isfinite(losses[steps]):
+        raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged at the last step; use a smaller lr, "
+                         f"e.g. the default lr=None (0.2 / σ₁ = {default_lr:.3g})")
     return b, a, losses
 
 
@@ -163,7 +185,7 @@ def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
-    b = np.random.default_rng(seed).normal(size=(array.shape[0], r))
+    b = np.random.default_rng(_check_seed(seed)).normal(size=(array.shape[0], r))
     a, *_ = np.linalg.lstsq(b, array, rcond=None)
     return b @ a
 
@@ -179,14 +201,28 @@ def _as_singular_values(values, name: str = "singular_values") -> np.ndarray:
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise ValueError(f"{name} must be finite and >= 0")
+    if np.any(np.diff(array) > 0):
+        raise ValueError(f"{name} must be sorted from largest to smallest (σ₁ ≥ σ₂ ≥ …), as singular_values() "
+                         f"returns them; got {array[:6].tolist()}{' …' if array.size > 6 else ''}")
     return array
+
+
+def _check_count(r, n: int, lowest: int, name: str = "r") -> int:
+    """``r`` as an int between ``lowest`` and ``n``, the number of singular values given."""
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+        raise TypeError(f"{name} must be an int between {lowest} and the number of singular values ({n}), "
+                        f"got {type(r).__name__} {r!r}")
+    if not lowest <= r <= n:
+        raise ValueError(f"{name} must be between {lowest} and the number of singular values ({n}), got {r}")
+    return int(r)
 
 
 def energy_retained(singular_values, r: int | None = None):
     """The fraction of the squared Frobenius norm ("energy") kept by the top ``r`` singular values.
 
     ``energy(r) = (σ₁² + … + σ_r²) / (σ₁² + … + σ_n²)``. With ``r=None``, returns the whole curve,
-    shape ``(n,)``, whose entry ``r − 1`` is ``energy(r)``. ``1 − energy(r)`` is the squared relative
+    shape ``(n,)``, whose entry ``r − 1`` is ``energy(r)``. ``singular_values`` has shape ``(n,)``, sorted
+    from largest to smallest, and ``1 <= r <= n``. ``1 − energy(r)`` is the squared relative
     error of the best rank-``r`` approximation. See notebook 02_svd_and_low_rank_approximation.
     """
     sigma = _as_singular_values(singular_values)
@@ -196,16 +232,18 @@ def energy_retained(singular_values, r: int | None = None):
     curve = np.cumsum(sigma**2) / total
     if r is None:
         return curve
-    r = check_rank(r, sigma.size, sigma.size)
+    r = _check_count(r, sigma.size, 1)
     return float(curve[r - 1])
 
 
 def truncation_error(singular_values, r: int) -> float:
     """The Frobenius error of the best rank-``r`` approximation, from the singular values alone:
-    ``‖W − W_r‖_F = sqrt(σ_{r+1}² + … + σ_n²)`` (Eckart–Young). See notebook 02_svd_and_low_rank_approximation.
+    ``‖W − W_r‖_F = sqrt(σ_{r+1}² + … + σ_n²)`` (Eckart–Young). ``singular_values`` has shape ``(n,)``,
+    sorted from largest to smallest; ``r`` runs from 0 (the zero matrix: the error is ``‖W‖_F``) to ``n`` (exact).
+    See notebook 02_svd_and_low_rank_approximation.
     """
     sigma = _as_singular_values(singular_values)
-    r = check_rank(r, sigma.size, sigma.size)
+    r = _check_count(r, sigma.size, 0)
     return float(np.sqrt(np.sum(sigma[r:] ** 2)))
 
 
@@ -228,6 +266,9 @@ def psnr(approximation, target, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in decibels: ``10·log10(peak² / MSE)`` for images ``(h, w)`` in [0, peak].
 
     Higher is better; about 30 dB looks close to the original. Infinite when the images are equal.
+    ``target`` (the original image) must lie in ``[0, peak]``: a 0–255 image needs ``peak=255``, and is
+    rejected with the default ``peak=1.0`` rather than giving a meaningless negative PSNR. The
+    approximation may overshoot the range a little (a truncated SVD does).
     See notebook 02_svd_and_low_rank_approximation.
     """
     approx = as_matrix(approximation, "approximation")
@@ -236,6 +277,9 @@ def psnr(approximation, target, peak: float = 1.0) -> float:
         raise ValueError(f"approximation has shape {approx.shape} but target has shape {exact.shape}; they must match")
     if isinstance(peak, bool) or not isinstance(peak, numbers.Real) or not peak > 0:
         raise ValueError(f"peak must be a positive number (1.0 for images in [0, 1], 255 for bytes), got {peak!r}")
+    if exact.min() < 0 or exact.max() > peak:
+        raise ValueError(f"target must lie in [0, peak] = [0, {peak:g}], but its values run from {exact.min():g} to "
+                         f"{exact.max():g}; pass peak=255 for 0–255 images, or scale the images to [0, 1]")
     mse = float(np.mean((approx - exact) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
 

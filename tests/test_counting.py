@@ -57,7 +57,8 @@ def test_lora_trainable_params_on_models():
 
 
 @pytest.mark.parametrize("targets, words", [(("q", "x"), r"targets \['x'\] are not layers"), ((), "non-empty"),
-                                            ("q", "non-empty")])
+                                            ("q", "non-empty"),
+                                            (("q", "q"), r"targets must name each layer once, but \['q'\]")])
 def test_bad_targets(targets, words):
     with pytest.raises(ValueError, match=words):
         c.lora_trainable_params(c.LLAMA_7B, 8, targets)
@@ -100,3 +101,14 @@ def test_checkpoint_and_formatting():
     assert c.format_bytes(512) == "512 B"
     with pytest.raises(ValueError, match="n must be"):
         c.format_bytes(-1)
+    with pytest.raises(TypeError, match="n must be a number"):
+        c.format_count("12")
+
+
+@pytest.mark.parametrize("n, count, size", [
+    (999, "999", "999 B"), (1000, "1k", "1.0 kB"), (999_999, "1M", "1.0 MB"), (999_960, "1M", "1.0 MB"),
+    (999_949, "1M", "999.9 kB"), (999.6, "1k", "999.6 B"), (999_999_999_999, "1T", "1.0 TB"),
+    (2.5e15, "2,500T", "2,500.0 TB"),
+])
+def test_formatting_rolls_over_to_the_next_unit(n, count, size):
+    assert (c.format_count(n), c.format_bytes(n)) == (count, size)

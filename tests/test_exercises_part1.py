@@ -51,6 +51,9 @@ def test_nb01_tolerance():
     high = nb01.check_tolerance(float(sigma[0]) * 2, noisy, 2)
     assert not high and "numerical rank is 0" in high.message and "too large" in high.message
     assert not nb01.check_tolerance(-1.0, noisy, 2)
+    for bad in (float("nan"), float("inf")):
+        result = nb01.check_tolerance(bad, noisy, 2)
+        assert not result and "must be a finite number" in result.message and "too large" not in result.message
 
 
 def test_nb01_factors():
@@ -73,6 +76,20 @@ def test_nb02_checks():
     assert nb02.check_truncation_error(np.sqrt(1.25), sigma, 2)
     assert "square root" in nb02.check_truncation_error(1.25, sigma, 2).message
     assert "square the discarded" in nb02.check_truncation_error(1.5, sigma, 2).message
+    relative = nb02.check_truncation_error(np.sqrt(1.25 / 21.25), sigma, 2)
+    assert not relative and "that is the relative error" in relative.message
+
+
+def test_nb02_unit_and_rounding_hints():
+    sigma = np.array([4.0, 2.0, 1.0, 0.5])
+    energy = 20 / 21.25                                   # 0.941176...
+    percent = nb02.check_energy(94.12, sigma, 2)
+    assert not percent and "looks like a percentage" in percent.message and "divide by 100" in percent.message
+    rounded = nb02.check_energy(0.9412, sigma, 2)
+    assert not rounded and "typing a rounded number" in rounded.message
+    far = nb02.check_energy(0.5, sigma, 2)
+    assert not far and "Hint" not in far.message
+    assert nb02.check_energy(energy, sigma, 2)
     # relative errors: r=1 sqrt(5.25/21.25)=0.497, r=2 0.243, r=3 0.108
     assert nb02.smallest_rank_for_error(sigma, 0.25) == 2
     assert nb02.check_rank_for_error(2, sigma, 0.25)
@@ -99,3 +116,18 @@ def test_nb03_checks():
     assert nb03.check_adapter_checkpoint(2 * adapter, LLAMA_7B, 16, ("q", "v"))
     fp32 = nb03.check_adapter_checkpoint(4 * adapter, LLAMA_7B, 16, ("q", "v"))
     assert not fp32 and "fp32" in fp32.message
+
+
+@pytest.mark.parametrize("answer, unit", [(1.99, "GB"), (1991, "MB"), (1_991_037, "kB"), (1.854, "GiB")])
+def test_nb03_answer_in_the_wrong_unit_gets_a_hint(answer, unit):
+    result = nb03.check_full_finetuning_memory(answer, GPT2_SMALL)            # expected 1,991,036,928 bytes
+    assert not result and f"looks like the size in {unit}" in result.message and "in bytes" in result.message
+
+
+def test_nb03_unit_hint_only_for_unit_slips():
+    adapter_bytes = 2 * 2 * 16 * 8192 * 32                                     # 16,777,216 bytes
+    in_mb = nb03.check_adapter_checkpoint(16.8, LLAMA_7B, 16, ("q", "v"))
+    assert not in_mb and "in MB" in in_mb.message
+    off = nb03.check_adapter_checkpoint(adapter_bytes + 1000, LLAMA_7B, 16, ("q", "v"))
+    assert not off and "Hint" not in off.message
+    assert "Hint" not in nb03.check_full_finetuning_memory(3.7, GPT2_SMALL).message

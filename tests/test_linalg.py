@@ -108,11 +108,32 @@ def test_gradient_descent_fit_converges_to_the_svd_error():
     assert np.sqrt(2 * losses[-1]) == pytest.approx(np.linalg.norm(w - b @ a))
 
 
-@pytest.mark.parametrize("kwargs, words", [({"steps": 0}, "steps must be"), ({"lr": -0.1}, "lr must be"),
-                                           ({"steps": 1.5}, "steps must be")])
-def test_gradient_descent_rejects_bad_settings(kwargs, words):
-    with pytest.raises(ValueError, match=words):
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"steps": 0}, ValueError, r"steps must be a positive int \(>= 1\), got 0"),
+    ({"steps": 2.5}, TypeError, "steps must be a positive int, got float 2.5"),
+    ({"steps": True}, TypeError, "steps must be a positive int"),
+    ({"lr": -0.1}, ValueError, "lr must be a positive finite number"),
+    ({"lr": float("inf")}, ValueError, "lr must be a positive finite number"),
+    ({"lr": "0.1"}, TypeError, "lr must be a positive number"),
+    ({"seed": "a"}, TypeError, "seed must be a non-negative int, got str 'a'"),
+    ({"seed": -1}, ValueError, r"seed must be a non-negative int \(>= 0\), got -1"),
+    ({"seed": 1.0}, TypeError, "seed must be a non-negative int"),
+])
+def test_gradient_descent_rejects_bad_settings(kwargs, error, words):
+    with pytest.raises(error, match=words):
         linalg.fit_rank_r_factors(np.eye(3), 1, **kwargs)
+
+
+@pytest.mark.parametrize("seed, error", [("a", TypeError), (-1, ValueError), (None, TypeError)])
+def test_random_subspace_rejects_bad_seed(seed, error):
+    with pytest.raises(error, match="seed must be a non-negative int"):
+        linalg.random_subspace_approximation(np.eye(3), 1, seed=seed)
+
+
+def test_gradient_descent_too_large_lr_raises_instead_of_returning_nan(recwarn):
+    with pytest.raises(ValueError, match=r"lr = 10 is too large: gradient descent diverged.*use a smaller lr"):
+        linalg.fit_rank_r_factors(rank2_matrix(), 2, steps=200, lr=10)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no overflow warnings on the way
 
 
 def test_energy_and_truncation_error():
@@ -121,8 +142,18 @@ def test_energy_and_truncation_error():
     assert np.allclose(linalg.energy_retained(sigma), [9 / 14, 13 / 14, 1.0])
     assert linalg.truncation_error(sigma, 1) == pytest.approx(np.sqrt(5))
     assert linalg.truncation_error(sigma, 3) == 0.0
-    with pytest.raises(ValueError, match="r must be between 1 and min"):
+    assert linalg.truncation_error(sigma, 0) == pytest.approx(np.sqrt(14))  # rank 0: the whole norm
+    with pytest.raises(ValueError, match=r"r must be between 1 and the number of singular values \(3\), got 4"):
         linalg.energy_retained(sigma, 4)
+    with pytest.raises(ValueError, match=r"r must be between 1 and the number of singular values \(3\), got 0"):
+        linalg.energy_retained(sigma, 0)
+    with pytest.raises(ValueError, match=r"r must be between 0 and the number of singular values \(3\), got -1"):
+        linalg.truncation_error(sigma, -1)
+    with pytest.raises(TypeError, match="r must be an int"):
+        linalg.truncation_error(sigma, 1.0)
+    for function in (linalg.energy_retained, linalg.truncation_error):
+        with pytest.raises(ValueError, match="singular_values must be sorted from largest to smallest"):
+            function([1.0, 3.0], 1)
     with pytest.raises(ValueError, match="singular_values must be a non-empty 1-D"):
         linalg.truncation_error(np.ones((2, 2)), 1)
     with pytest.raises(ValueError, match="finite and >= 0"):
@@ -143,6 +174,13 @@ def test_relative_error_and_psnr():
         linalg.relative_error(target, np.zeros((4, 4)))
     with pytest.raises(ValueError, match="peak must be"):
         linalg.psnr(approx, target, peak=0)
+    bytes_image = np.full((4, 4), 200.0)
+    with pytest.raises(ValueError, match=r"target must lie in \[0, peak\] = \[0, 1\].*pass peak=255"):
+        linalg.psnr(bytes_image + 1, bytes_image)
+    with pytest.raises(ValueError, match="target must lie in"):
+        linalg.psnr(target, -target)
+    assert linalg.psnr(bytes_image + 2.55, bytes_image, peak=255) == pytest.approx(40.0)
+    assert np.isfinite(linalg.psnr(target + 0.2, target))  # the approximation may overshoot the range
 
 
 def test_sample_photo_is_grayscale_in_unit_range():

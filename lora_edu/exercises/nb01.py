@@ -63,6 +63,9 @@ def check_tolerance(answer, noisy, rank: int) -> CheckResult:
         return failed(name, f"expected a number (the tolerance), got {type(answer).__name__}.")
     sigma = np.linalg.svd(as_matrix(noisy, "noisy"), compute_uv=False)
     low, high = sigma[rank], sigma[rank - 1]
+    if not np.isfinite(answer):
+        return failed(name, f"a tolerance must be a finite number, got {answer}; pick one between "
+                            f"σ_{rank + 1} = {low:.3g} and σ_{rank} = {high:.3g}.")
     if answer < 0:
         return failed(name, f"a tolerance is a size, it must be >= 0; got {answer}.")
     got = int(np.sum(sigma > answer))

@@ -13,18 +13,36 @@ from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answere
 from ..linalg import _as_singular_values, energy_retained, truncation_error
 
 
+def _is_number(answer) -> bool:
+    return not isinstance(answer, bool) and isinstance(answer, (numbers.Real, np.floating, np.integer))
+
+
+def _rounding_hint(result: CheckResult, answer, expected: float) -> CheckResult:
+    """A near miss (within 1 %) is almost always a value typed in rounded: say so."""
+    if result.passed is False and _is_number(answer) and abs(answer - expected) <= 0.01 * abs(expected):
+        return failed(result.exercise, result.message + " Hint: close; compute the value in code instead of "
+                                                        "typing a rounded number.")
+    return result
+
+
 def check_energy(answer, singular_values, r: int) -> CheckResult:
-    """Exercise 1: the fraction of energy the top ``r`` singular values keep, ``Σ_{i≤r} σᵢ² / Σ σᵢ²``."""
+    """Exercise 1: the fraction of energy the top ``r`` singular values keep, ``Σ_{i≤r} σᵢ² / Σ σᵢ²``.
+
+    A fraction between 0 and 1: an answer given in percent (e.g. 93.6) gets a hint to divide by 100.
+    """
     name = "Exercise 1"
     if answer is NOT_ANSWERED:
         return not_answered(name)
     sigma = _as_singular_values(singular_values)
     expected = energy_retained(sigma, r)
     result = check_value(name, answer, expected, rtol=1e-6, what="energy fraction")
-    if result.passed is False and isinstance(answer, numbers.Real):
+    if result.passed is False and _is_number(answer):
         if np.isclose(answer, sigma[:r].sum() / sigma.sum()):
             return failed(name, result.message + " Hint: energy uses squared singular values.")
-    return result
+        if 1 < answer <= 100 and abs(answer / 100 - expected) <= 0.01:
+            return failed(name, result.message + f" Hint: {answer:g} looks like a percentage; the answer is a "
+                                                 f"fraction between 0 and 1 (divide by 100).")
+    return _rounding_hint(result, answer, expected)
 
 
 def check_truncation_error(answer, singular_values, r: int) -> CheckResult:
@@ -35,12 +53,15 @@ def check_truncation_error(answer, singular_values, r: int) -> CheckResult:
     sigma = _as_singular_values(singular_values)
     expected = truncation_error(sigma, r)
     result = check_value(name, answer, expected, rtol=1e-6, what="Frobenius error")
-    if result.passed is False and isinstance(answer, numbers.Real):
+    if result.passed is False and _is_number(answer):
         if np.isclose(answer, sigma[r:].sum()):
             return failed(name, result.message + " Hint: square the discarded σ's, sum, then take the root.")
         if np.isclose(answer, truncation_error(sigma, r) ** 2):
             return failed(name, result.message + " Hint: that is the squared error; take the square root.")
-    return result
+        if np.isclose(answer, expected / np.sqrt(np.sum(sigma**2))):
+            return failed(name, result.message + " Hint: that is the relative error; the question asks for "
+                                                 "‖P − P_r‖_F itself (do not divide by ‖P‖_F).")
+    return _rounding_hint(result, answer, expected)
 
 
 def smallest_rank_for_error(singular_values, max_relative_error: float) -> int:

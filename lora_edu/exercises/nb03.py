@@ -22,6 +22,22 @@ def _with_hint(result: CheckResult, answer, mistakes: dict) -> CheckResult:
     return result
 
 
+UNITS = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def _unit_hint(result: CheckResult, answer, expected: int) -> CheckResult:
+    """An answer that matches ``expected`` once multiplied by a unit (1.99 for 1,991,036,928 B) was given in that unit."""
+    if result.passed is not False or isinstance(answer, bool) or not isinstance(answer, numbers.Real) or answer <= 0:
+        return result
+    slips = {unit: abs(answer * factor / expected - 1) for unit, factor in UNITS.items()}
+    unit = min(slips, key=slips.get)
+    if slips[unit] <= 0.05:
+        return failed(result.exercise, f"{result.message} Hint: {answer:g} looks like the size in {unit}; the "
+                                        f"answer is in bytes (an int): compute it in code without dividing by "
+                                        f"{UNITS[unit]:,.0f}.")
+    return result
+
+
 def check_lora_params(answer, d: int, k: int, r: int) -> CheckResult:
     """Exercise 1: LoRA's trainable parameters for one ``d × k`` matrix at rank ``r``: ``r·(d + k)``."""
     name = "Exercise 1"
@@ -51,25 +67,33 @@ def check_break_even(answer, d: int, k: int) -> CheckResult:
 
 
 def check_full_finetuning_memory(answer, shape: TransformerShape, precision: str = "fp32") -> CheckResult:
-    """Exercise 3: bytes of weights + gradients + Adam states for full fine-tuning of ``shape``."""
+    """Exercise 3: bytes of weights + gradients + Adam states for full fine-tuning of ``shape``.
+
+    The answer is in bytes; one given in kB/MB/GB (or KiB/MiB/GiB) gets a hint saying so.
+    """
     name = "Exercise 3"
     if answer is NOT_ANSWERED:
         return not_answered(name)
     n = count_model_params(shape)
     expected = training_memory_bytes(n, n, precision)["total"]
     result = check_value(name, answer, expected, what="bytes")
-    return _with_hint(result, answer, {4 * n: "that is the weights only; add gradients and Adam's m and v.",
-                                       8 * n: "weights and gradients; Adam adds two more values per weight.",
-                                       12 * n: "Adam keeps two moments (m and v) per weight."})
+    result = _with_hint(result, answer, {4 * n: "that is the weights only; add gradients and Adam's m and v.",
+                                         8 * n: "weights and gradients; Adam adds two more values per weight.",
+                                         12 * n: "Adam keeps two moments (m and v) per weight."})
+    return _unit_hint(result, answer, expected)
 
 
 def check_adapter_checkpoint(answer, shape: TransformerShape, r: int, targets, dtype: str = "bf16") -> CheckResult:
-    """Exercise 4: bytes of a LoRA adapter file (its factors only) in ``dtype``."""
+    """Exercise 4: bytes of a LoRA adapter file (its factors only) in ``dtype``.
+
+    The answer is in bytes; one given in kB/MB/GB (or KiB/MiB/GiB) gets a hint saying so.
+    """
     name = "Exercise 4"
     if answer is NOT_ANSWERED:
         return not_answered(name)
     n = lora_trainable_params(shape, r, targets)
     expected = checkpoint_bytes(n, dtype)
     result = check_value(name, answer, expected, what="bytes")
-    return _with_hint(result, answer, {n: "that is the number of parameters; multiply by bytes per value.",
-                                       n * 4: f"that is fp32 (4 B each); {dtype} is the question."})
+    result = _with_hint(result, answer, {n: "that is the number of parameters; multiply by bytes per value.",
+                                         n * 4: f"that is fp32 (4 B each); {dtype} is the question."})
+    return _unit_hint(result, answer, expected)
