@@ -89,3 +89,42 @@ def test_trainable_parameters():
     assert not dense and "dense ΔW" in dense.message
     assert "whole number" in nb04.check_trainable_parameters(12.5, model, ["0", "2"], r=2).message
     assert nb04.check_trainable_parameters(108.0, model, ["0", "2"], r=2)
+
+
+def test_lora_output_refuses_a_merged_layer(layer):
+    x = torch.randn(4, 5)
+    true_output = layer(x).detach()
+    layer.merge()
+    merged = nb04.check_lora_output(true_output, x, layer)  # would count ΔW twice if checked against base.weight
+    assert not merged and "layer_ex is merged" in merged.message and "layer_ex.unmerge() first" in merged.message
+    by_merged_weight = nb04.check_lora_output(x @ layer.base.weight.T + layer.base.bias, x, layer)
+    assert not by_merged_weight and "unmerge" in by_merged_weight.message
+    layer.unmerge()
+    assert nb04.check_lora_output(true_output, x, layer)
+
+
+def test_delta_weight_is_the_same_for_a_merged_layer(layer):
+    w0 = layer.base.weight.detach().clone()
+    right = 3.0 * layer.lora_B @ layer.lora_A
+    layer.merge()
+    assert nb04.check_delta_weight(right, layer)
+    assert nb04.check_delta_weight(layer.base.weight - w0, layer)      # measured from merge() itself
+    merged_weight = nb04.check_delta_weight(layer.base.weight, layer)   # W0 + ΔW, not ΔW
+    assert not merged_weight and "merged weight" in merged_weight.message
+
+
+def test_answer_types_are_accepted_consistently(layer):
+    import numpy as np
+    model = small_model()
+    for right in (108, 108.0, np.int64(108), np.array(108), torch.tensor(108), torch.tensor(108.0)):
+        assert nb04.check_trainable_parameters(right, model, ["0", "2"], r=2), right
+    for wrong in ("108", True, torch.tensor(True), None, torch.tensor(12.5)):
+        result = nb04.check_trainable_parameters(wrong, model, ["0", "2"], r=2)
+        assert not result and ("whole number" in result.message or "expected a number" in result.message)
+    off = nb04.check_trainable_parameters(torch.tensor(110), model, ["0", "2"], r=2)
+    assert not off and "off by 2" in off.message
+    for right in (2.0, 2, np.float64(2.0), torch.tensor(2.0)):
+        assert nb04.check_scaling(right, 16, 8), right
+    assert not nb04.check_scaling(True, 16, 8) and not nb04.check_scaling("2", 16, 8)
+    right_delta = 3.0 * layer.lora_B @ layer.lora_A
+    assert nb04.check_delta_weight(right_delta.detach().numpy(), layer)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 
 import numpy as np
 import torch
@@ -31,6 +30,21 @@ def _close(answer, candidate, rtol=1e-4, atol=1e-6) -> bool:
         return False
     cand = _as_numpy(candidate)
     return got.shape == cand.shape and bool(np.allclose(got, cand, rtol=rtol, atol=atol))
+
+
+def _whole_number(answer):
+    """True for a whole number (int, numpy integer, 0-d tensor or array, or a float such as 108.0),
+    False for a number with a fractional part, None for anything else (left to `check_value` to reject:
+    strings, None, booleans, arrays with more than one entry)."""
+    if isinstance(answer, (str, bytes, bool, type(None))):
+        return None
+    try:
+        value = _as_numpy(answer)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if value.ndim != 0 or not np.isfinite(value):
+        return None
+    return float(value).is_integer()
 
 
 def _with_hints(result: CheckResult, answer, mistakes) -> CheckResult:
@@ -59,22 +73,36 @@ def check_scaling(answer, alpha: float, r: int, use_rslora: bool = False) -> Che
 
 
 def _lora_parts(layer: LoRALinear):
+    """The frozen ``W0`` and bias and the factors ``A``, ``B`` of ``layer``, in float64.
+
+    ``W0`` is the frozen weight *without* ``ΔW``: while the layer is merged, ``base.weight`` holds
+    ``W0 + ΔW``, so ``ΔW`` is subtracted here."""
     if not isinstance(layer, LoRALinear):
         raise TypeError(f"layer must be a lora_edu.LoRALinear, got {type(layer).__name__}")
-    w0 = layer.base.weight.detach().double()
-    b0 = layer.base.bias.detach().double() if layer.base.bias is not None else 0.0
     a = layer.lora_A.detach().double()
     b = layer.lora_B.detach().double()
+    w0 = layer.base.weight.detach().double()
+    if layer.merged:
+        w0 = w0 - layer.scaling * (b @ a)
+    b0 = layer.base.bias.detach().double() if layer.base.bias is not None else 0.0
     return w0, b0, a, b
+
+
+MERGED_MESSAGE = ("layer_ex is merged (merged=True): its base.weight already holds W0 + ΔW, so the formula "
+                  "would count ΔW twice. Call layer_ex.unmerge() first, then compute the answer again.")
 
 
 def check_lora_output(answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult:
     """Exercise 2: ``h = x W0ᵀ + b + (α/r) (x Aᵀ) Bᵀ`` for a batch ``x`` of shape ``(n, in)`` -> ``(n, out)``,
-    computed by hand from ``layer.base``, ``layer.lora_A``, ``layer.lora_B`` (no dropout)."""
+    computed by hand from ``layer.base``, ``layer.lora_A``, ``layer.lora_B`` (no dropout).
+
+    A merged layer fails with a message to unmerge it first: its ``base.weight`` already holds ``W0 + ΔW``."""
     name = "Exercise 2"
     if answer is NOT_ANSWERED:
         return not_answered(name)
     w0, b0, a, b = _lora_parts(layer)
+    if layer.merged:
+        return failed(name, MERGED_MESSAGE)
     xd = x.detach().double()
     base = xd @ w0.T + b0
     branch = (xd @ a.T) @ b.T
@@ -90,11 +118,13 @@ def check_lora_output(answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult
 
 
 def check_delta_weight(answer, layer: LoRALinear) -> CheckResult:
-    """Exercise 3: the merged update ``ΔW = (α/r) B A``, shape ``(out, in)``, that ``merge()`` adds to W0."""
+    """Exercise 3: the merged update ``ΔW = (α/r) B A``, shape ``(out, in)``, that ``merge()`` adds to W0.
+
+    Computed from the factors, so it is the same whether or not the learner has called ``merge()``."""
     name = "Exercise 3"
     if answer is NOT_ANSWERED:
         return not_answered(name)
-    _, _, a, b = _lora_parts(layer)
+    w0, _, a, b = _lora_parts(layer)
     expected = layer.scaling * (b @ a)
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="ΔW")
     return _with_hints(result, answer, [
@@ -102,7 +132,7 @@ def check_delta_weight(answer, layer: LoRALinear) -> CheckResult:
         (layer.alpha * (b @ a), "you scaled by α; LoRA scales by α/r."),
         (expected.T, "transposed: ΔW has W0's shape (out, in), so it is B A, not Aᵀ Bᵀ."),
         (layer.scaling * (a.T @ b.T), "transposed: ΔW has W0's shape (out, in), so it is B A."),
-        (layer.base.weight.detach().double() + expected, "that is the merged weight W0 + ΔW; ΔW alone is asked."),
+        (w0 + expected, "that is the merged weight W0 + ΔW; ΔW alone is asked."),
     ])
 
 
@@ -116,9 +146,9 @@ def check_trainable_parameters(answer, model: nn.Module, target_modules, r: int)
         adapted = add_lora(copy.deepcopy(model), target_modules, r=r, alpha=1)
     layers = [m for m in adapted.modules() if isinstance(m, LoRALinear)]
     expected = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
-    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
-        if not (isinstance(answer, numbers.Real) and not isinstance(answer, bool) and float(answer).is_integer()):
-            return failed(name, f"expected a whole number of parameters, got {type(answer).__name__} {answer!r}.")
+    whole = _whole_number(answer)
+    if whole is False:
+        return failed(name, f"expected a whole number of parameters, got {type(answer).__name__} {answer!r:.60}.")
     result = check_value(name, answer, expected, what="trainable parameters")
     total = sum(p.numel() for p in model.parameters())
     return _with_hints(result, answer, [
