@@ -86,8 +86,10 @@ def time_train_steps(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Ten
                   for name, m in models.items()}
     times = {name: [] for name in models}
     device = x.device
+    order = list(models.items())
     for step in range(warmup + steps):
-        for name, model in models.items():
+        shift = step % len(order)  # rotate who goes first
+        for name, model in order[shift:] + order[:shift]:
             model.train()
             _synchronize(device)
             start = time.perf_counter()

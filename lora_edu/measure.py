@@ -11,6 +11,7 @@ Explained in notebook 05_finetuning_strategies_compared.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -98,12 +99,14 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, repeats: int = 50,
-                      warmup: int = 5) -> dict[str, float]:
+                      warmup: int = 5, min_sample_seconds: float = 1e-3) -> dict[str, float]:
     """Median seconds of one forward pass of each model on ``example``, timed in turns.
 
-    Each model runs ``warmup`` passes, then ``repeats`` rounds in which every model runs once (round
-    robin, in eval mode, under ``torch.inference_mode``). Returns ``{name: median seconds}``.
-    See notebook 05_finetuning_strategies_compared.
+    Each model runs ``warmup`` passes; then ``repeats`` rounds in which every model runs one sample (round
+    robin, starting with a different model each round; eval mode, under ``torch.inference_mode``). A sample is ``number`` back-to-back passes,
+    with ``number`` chosen once so that a sample of the fastest model lasts at least
+    ``min_sample_seconds`` (a single pass of a tiny model is too short to time reliably on a busy
+    machine). Returns ``{name: median seconds per pass}``. See notebook 05_finetuning_strategies_compared.
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping of names to models")
@@ -113,26 +116,37 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
         raise TypeError(f"example must be a torch.Tensor, got {type(example).__name__}")
     _check_positive_int("repeats", repeats)
     _check_positive_int("warmup", warmup, 0)
+    if not isinstance(min_sample_seconds, (int, float)) or not 0 <= min_sample_seconds <= 1:
+        raise ValueError(f"min_sample_seconds must be a number in [0, 1], got {min_sample_seconds!r}")
     device = example.device
     times = {name: [] for name in models}
     with torch.inference_mode():
+        fastest = float("inf")
         for model in models.values():
             model.eval()
-            for _ in range(warmup):
-                model(example)
-        _synchronize(device)
-        for _ in range(repeats):
-            for name, model in models.items():
+            for _ in range(max(warmup, 1)):
+                _synchronize(device)
                 start = time.perf_counter()
                 model(example)
                 _synchronize(device)
-                times[name].append(time.perf_counter() - start)
+                fastest = min(fastest, time.perf_counter() - start)
+        number = max(1, min(1000, math.ceil(min_sample_seconds / max(fastest, 1e-9))))
+        order = list(models.items())
+        for repeat in range(repeats):
+            shift = repeat % len(order)  # rotate who goes first, so no model always follows the same one
+            for name, model in order[shift:] + order[:shift]:
+                start = time.perf_counter()
+                for _ in range(number):
+                    model(example)
+                _synchronize(device)
+                times[name].append((time.perf_counter() - start) / number)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def time_inference(model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5) -> float:
-    """Median seconds of one forward pass of ``model`` on ``example`` (after ``warmup`` passes)."""
-    return measure_latencies({"model": model}, example, repeats, warmup)["model"]
+def time_inference(model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5,
+                   min_sample_seconds: float = 1e-3) -> float:
+    """Median seconds of one forward pass of ``model`` on ``example`` (see `measure_latencies`)."""
+    return measure_latencies({"model": model}, example, repeats, warmup, min_sample_seconds)["model"]
 
 
 def time_state_load(model: nn.Module, state: Mapping[str, torch.Tensor], repeats: int = 20) -> float:

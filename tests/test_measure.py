@@ -55,6 +55,23 @@ def test_latency_measurements_run_and_return_every_model():
         measure.measure_latencies({"a": a}, torch.zeros(1, 64), repeats=0)
     with pytest.raises(TypeError, match="example must be a torch.Tensor"):
         measure.measure_latencies({"a": a}, [0.0] * 64)
+    with pytest.raises(ValueError, match="min_sample_seconds must be a number in"):
+        measure.measure_latencies({"a": a}, torch.zeros(1, 64), min_sample_seconds=-1)
+
+
+def test_latency_samples_batch_short_passes():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x
+
+    measure.measure_latencies({"id": Counting()}, torch.zeros(1), repeats=2, warmup=1, min_sample_seconds=1e-3)
+    assert len(calls) > 3  # a pass this short is repeated within each sample
+    calls.clear()
+    measure.measure_latencies({"id": Counting()}, torch.zeros(1), repeats=2, warmup=1, min_sample_seconds=0)
+    assert len(calls) == 3  # one warm-up pass, then one pass per sample
 
 
 def test_time_state_load_swaps_the_weights():
