@@ -18,6 +18,7 @@ not the absolute times.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -128,9 +129,9 @@ def run(size_name: str = "default", device=None, show=print) -> dict:
         targets = list(base.linear_targets)
         r, alpha = size.lora_r, 2.0 * size.lora_r
         seed_everything(1)
-        ours = apply_strategy(_copy(base), "lora", r=r, alpha=alpha)
+        ours = apply_strategy(copy.deepcopy(base), "lora", r=r, alpha=alpha)
         seed_everything(1)
-        theirs = _peft_lora(_copy(base), r, alpha, targets)
+        theirs = _peft_lora(copy.deepcopy(base), r, alpha, targets)
         for batch in (len(x), 1):
             train = time_train_steps({"lora_edu": ours, "peft": theirs}, _example(x, batch), _example(y, batch),
                                      size.train_steps)
@@ -138,9 +139,9 @@ def run(size_name: str = "default", device=None, show=print) -> dict:
             results[name, f"train step ms, lora_edu, batch {batch}"] = 1e3 * train["lora_edu"]
             results[name, f"train step ms, PEFT, batch {batch}"] = 1e3 * train["peft"]
 
-        merged = merge_and_unload(_copy(ours))
-        merged_kept = merge_lora(_copy(ours))  # merged, but the LoRALinear wrappers stay
-        adapters = apply_strategy(_copy(base), "adapters", bottleneck=size.adapter_bottleneck)
+        merged = merge_and_unload(copy.deepcopy(ours))
+        merged_kept = merge_lora(copy.deepcopy(ours))  # merged, but the LoRALinear wrappers stay
+        adapters = apply_strategy(copy.deepcopy(base), "adapters", bottleneck=size.adapter_bottleneck)
         variants = {"base": base, "LoRA merged": merged, "LoRA merged, wrappers kept": merged_kept,
                     "LoRA unmerged": ours.eval(), "adapters": adapters}
         for batch in (1, 32):
@@ -158,12 +159,6 @@ def run(size_name: str = "default", device=None, show=print) -> dict:
     results["seconds"] = time.perf_counter() - started
     show(format_results(results))
     return results
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _example(x: torch.Tensor, batch: int) -> torch.Tensor:

@@ -102,10 +102,10 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
                       warmup: int = 5, min_sample_seconds: float = 1e-3) -> dict[str, float]:
     """Median seconds of one forward pass of each model on ``example``, timed in turns.
 
-    Each model runs ``warmup`` passes; then ``repeats`` rounds in which every model runs one sample (round
-    robin, starting with a different model each round; eval mode, under ``torch.inference_mode``). A sample is ``number`` back-to-back passes,
-    with ``number`` chosen once so that a sample of the fastest model lasts at least
-    ``min_sample_seconds`` (a single pass of a tiny model is too short to time reliably on a busy
+    Each model runs ``warmup`` passes; then ``repeats`` rounds in which every model runs one sample
+    (round robin, starting with a different model each round; eval mode, under
+    ``torch.inference_mode``). A sample is ``number`` back-to-back passes, with ``number`` chosen once
+    so that a sample of the fastest model lasts at least ``min_sample_seconds`` (a single pass of a tiny model is too short to time reliably on a busy
     machine). Returns ``{name: median seconds per pass}``. See notebook 05_finetuning_strategies_compared.
     """
     if not isinstance(models, Mapping) or not models:

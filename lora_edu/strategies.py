@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import LoRALinear, add_lora, check_lora_hyperparameters, lora_layers, target_matches
+from .lora import LoRALinear, add_lora, check_lora_hyperparameters, target_matches
 
 STRATEGIES = ("full", "dense_delta", "adapters", "lora", "head_only", "bias_only")
 MERGEABLE = ("dense_delta", "lora")
@@ -289,11 +289,5 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     return model
 
 
-def describe_trainable(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters, for a quick look at what a strategy trains."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 __all__ = ["STRATEGIES", "STRATEGY_OPTIONS", "STRATEGY_LABELS", "MERGEABLE", "DenseDeltaLinear",
-           "SerialAdapter", "apply_strategy", "merge_and_unload", "trainable_state_dict", "strategy_of",
-           "describe_trainable", "lora_layers"]
+           "SerialAdapter", "apply_strategy", "merge_and_unload", "trainable_state_dict", "strategy_of"]
