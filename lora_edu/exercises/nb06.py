@@ -1,0 +1,117 @@
+"""Checks for the exercises of notebook 06_rank_and_alpha_explorer.
+
+Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
+returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much, with a hint for the
+usual mistakes (the two scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope
+fitted without logarithms).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+from ..explore import directions_for_energy, loglog_slope, lora_scaling
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _hint(result: CheckResult, answer, mistakes, rtol: float = 1e-6) -> CheckResult:
+    """Add the hint of the first known mistake that ``answer`` reproduces."""
+    if result.passed is not False or not _is_number(answer):
+        return result
+    for candidate, hint in mistakes:
+        if math.isclose(float(answer), float(candidate), rel_tol=rtol, abs_tol=1e-12):
+            return failed(result.exercise, f"{result.message} Hint: {hint}")
+    return result
+
+
+def check_rslora_ratio(answer, alpha: float, r: int) -> CheckResult:
+    """Exercise 1: how many times larger rsLoRA's scaling is than LoRA's at rank ``r``:
+    ``(α/√r) / (α/r) = √r`` (α cancels)."""
+    name = "Exercise 1"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    lora, rslora = lora_scaling(alpha, r, "alpha/r"), lora_scaling(alpha, r, "alpha/sqrt(r)")
+    result = check_value(name, answer, rslora / lora, rtol=1e-6, what="ratio")
+    return _hint(result, answer, [
+        (lora / rslora, "upside down: rsLoRA divides by √r, LoRA by r, so rsLoRA's factor is the larger one."),
+        (r, "that is r; the ratio of α/√r to α/r is r/√r."),
+        (rslora, "that is rsLoRA's scaling itself; divide it by LoRA's, α/r."),
+        (lora, "that is LoRA's scaling itself; divide rsLoRA's, α/√r, by it."),
+    ])
+
+
+def check_equivalent_lr(answer, alpha: float, lr: float, new_alpha: float, optimizer: str = "adam") -> CheckResult:
+    """Exercise 2: the learning rate that makes ``new_alpha`` start like ``(alpha, lr)`` (same rank, α/r).
+
+    Adam: the step on ``ΔW`` is proportional to ``α·lr``, so ``lr · alpha / new_alpha``.
+    SGD: it is proportional to ``α²·lr``, so ``lr · (alpha / new_alpha)²``.
+    """
+    name = "Exercise 2"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer={optimizer!r} is not allowed; allowed values: adam, sgd")
+    ratio = alpha / new_alpha
+    adam, sgd = lr * ratio, lr * ratio ** 2
+    expected = adam if optimizer == "adam" else sgd
+    result = check_value(name, answer, expected, rtol=1e-6, what="learning rate")
+    return _hint(result, answer, [
+        (sgd if optimizer == "adam" else adam,
+         "that is the rule for the other optimizer: Adam's step ignores the gradient's scale (α·lr matters), "
+         "SGD's step on B grows with α too (α²·lr matters)."),
+        (lr / ratio, "the other way round: a larger α needs a smaller learning rate."),
+        (lr, "the same learning rate gives a larger α a larger step on ΔW."),
+    ])
+
+
+def check_loglog_slope(answer, ranks, norms) -> CheckResult:
+    """Exercise 3: the slope of ``log(norm)`` against ``log(r)`` (least squares): ``norm ∝ r^slope``."""
+    name = "Exercise 3"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    x, y = np.asarray(ranks, dtype=float), np.asarray(norms, dtype=float)
+    expected = loglog_slope(x, y)
+    result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="slope")
+    linear = float(np.polyfit(x, y, 1)[0])
+    semilog = float(np.polyfit(x, np.log(y), 1)[0])
+    swapped = float(np.polyfit(np.log(y), np.log(x), 1)[0])
+    return _hint(result, answer, [
+        (linear, "that is the slope of the plain numbers; take the logarithm of both the ranks and the norms."),
+        (semilog, "take the logarithm of the ranks too (a power law is a line in log-log)."),
+        (swapped, "x and y are swapped: fit log(norm) as a function of log(r)."),
+    ], rtol=1e-4)
+
+
+def check_directions_for_energy(answer, matrix, fraction: float) -> CheckResult:
+    """Exercise 4: how many singular directions of ``matrix`` hold ``fraction`` of ``Σσ²`` (the smallest n)."""
+    name = "Exercise 4"
+    if answer is NOT_ANSWERED:
+        return not_answered(name)
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
+        return failed(name, f"expected an int (a number of directions), got {type(answer).__name__} {answer!r}.")
+    expected = directions_for_energy(matrix, fraction)
+    sigma = np.linalg.svd(np.asarray(matrix, dtype=float), compute_uv=False)
+    if answer == expected:
+        return passed(name, f"correct: {expected} of {sigma.size} directions hold {fraction:.0%} of the energy.")
+    plain = np.cumsum(sigma) / sigma.sum()
+    by_sigma = int(np.searchsorted(plain, fraction - 1e-12) + 1)
+    hint = ""
+    if answer == by_sigma:
+        hint = " Hint: energy adds up squared singular values, σ², not σ."
+    elif answer == expected - 1:
+        hint = (" Hint: off by one: count the directions up to and including the first whose cumulative "
+                "share reaches the fraction.")
+    if not 1 <= answer <= sigma.size:
+        return failed(name, f"the count must be between 1 and {sigma.size}, got {answer}.{hint}")
+    kept = float(np.sum(sigma[:answer] ** 2) / np.sum(sigma ** 2))
+    if answer < expected:
+        return failed(name, f"{answer} directions hold only {kept:.1%} of the energy, below {fraction:.0%}: "
+                            f"{expected - answer} too few.{hint}")
+    return failed(name, f"{answer} directions hold {kept:.1%}, but fewer already reach {fraction:.0%}: "
+                        f"{answer - expected} too many.{hint}")
