@@ -63,12 +63,12 @@ class LiveFigure:
     def redraw(self) -> None:
         fig, readout = self.draw(**self.values())
         self.png = figure_to_png(fig, self.dpi)
-        self.label.value = readout
         # Set the Output widget's state directly rather than capturing a display: nothing is printed into
         # whichever cell happens to be running (nbval would see it there), and the browser gets a data: URL.
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"image/png": base64.b64encode(self.png).decode("ascii"),
                                        "text/plain": "<figure>"}},)
+        self.label.value = readout  # after the figure: a readout showing the new value means the figure has been sent
 
     def _on_change(self, _change) -> None:
         self.redraw()

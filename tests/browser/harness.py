@@ -117,7 +117,10 @@ class JupyterLabServer:
         return f"http://127.0.0.1:{self.port}"
 
     def notebook_url(self, name: str) -> str:
-        return f"{self.url}/lab/tree/{name}?token={self.token}"
+        # A workspace of its own, reset: otherwise JupyterLab reopens the tabs of earlier tests beside this one,
+        # and the status bar and Run All may refer to another notebook.
+        workspace = f"test-{secrets.token_hex(4)}"
+        return f"{self.url}/lab/workspaces/{workspace}/tree/{name}?reset&token={self.token}"
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -188,6 +191,24 @@ class RunningNotebook:
             self.page.wait_for_timeout(400)
         raise AssertionError(f".{css_class_label} kept changing for {MOVE_TIMEOUT_MS / 1000:.0f} s")
 
+    def wait_image_differs(self, css_class_plot: str, old_src: str) -> str:
+        """The figure's src once it differs from ``old_src`` (the image can arrive just after the readout)."""
+        deadline = time.monotonic() + MOVE_TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            src = self.image_src(css_class_plot)
+            if src != old_src:
+                return src
+            self.page.wait_for_timeout(200)
+        raise AssertionError(f"the readout changed but .{css_class_plot} still shows the first image")
+
+    def wait_image_equals(self, css_class_plot: str, expected_src: str) -> None:
+        deadline = time.monotonic() + MOVE_TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            if self.image_src(css_class_plot) == expected_src:
+                return
+            self.page.wait_for_timeout(200)
+        raise AssertionError(f"moving back did not reproduce the first image of .{css_class_plot} exactly")
+
     def check_slider_roundtrip(self, css_prefix: str, control: str, steps: int = 1) -> None:
         """Move ``{css_prefix}-{control}`` right by ``steps`` with the keyboard; the readout and the image
         must change; move it back; the readout and the image must be exactly the first ones again."""
@@ -196,13 +217,12 @@ class RunningNotebook:
         first_text, first_image = self.label_text(label), self.image_src(plot)
         self.press(slider, "ArrowRight", steps)
         moved_text = self.wait_settled(label, first_text)
-        moved_image = self.image_src(plot)
-        assert moved_image != first_image, f"moving .{slider} changed the readout but not the image"
+        moved_image = self.wait_image_differs(plot, first_image)
         self.press(slider, "ArrowLeft", steps)
         expect(self.page.locator(f".{label}").first).to_have_text(first_text, timeout=MOVE_TIMEOUT_MS)
         self.wait_settled(label, moved_text)
         assert self.label_text(label) == first_text
-        assert self.image_src(plot) == first_image, "moving back did not reproduce the first image exactly"
+        self.wait_image_equals(plot, first_image)
 
 
 class Lab:
