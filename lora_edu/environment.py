@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-import sys
 from importlib import metadata
 
 import numpy as np
@@ -131,7 +130,3 @@ def format_report(report: dict[str, str]) -> str:
     width = max(len(k) for k in report)
     return "\n".join(f"{k:<{width}} : {v}" for k, v in report.items())
 
-
-if __name__ == "__main__":  # python -m lora_edu.environment
-    print(format_report(environment_report()))
-    sys.exit(0)

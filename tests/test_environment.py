@@ -100,3 +100,13 @@ def test_report_names_versions_device_and_threads(monkeypatch):
     assert report["LORA_EDU_DEVICE"] == "cpu"
     text = lora_edu.format_report(report)
     assert text.count("\n") == len(report) - 1 and "torch" in text
+
+
+def test_python_m_lora_edu_prints_the_report():
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, LORA_EDU_DEVICE="cpu")
+    done = subprocess.run([sys.executable, "-m", "lora_edu"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "device" in done.stdout and ": cpu" in done.stdout and done.stderr == ""
