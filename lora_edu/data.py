@@ -51,7 +51,8 @@ def transform_digits(images: np.ndarray, task: str) -> np.ndarray:
     """Apply a task's transformation to images of shape (n, 8, 8) with values in [0, 1].
 
     ``original``: unchanged; ``rotated``: turned 90° counter-clockwise; ``mirrored``: flipped left to
-    right; ``inverted``: ``1 - x`` (white digits on black become black on white).
+    right; ``inverted``: ``1 - x`` (the ink, near 1, becomes near 0 and the background 1: drawn with
+    ``cmap="gray_r"`` as in the notebook, dark digits on white become white digits on dark).
     Returns an array of the same shape. See notebook 05_finetuning_strategies_compared.
     """
     if task not in DIGITS_TASKS:
@@ -70,7 +71,8 @@ def transform_digits(images: np.ndarray, task: str) -> np.ndarray:
 
 def digits_split_indices(n: int = 1797, val_fraction: float = DIGITS_VAL_FRACTION,
                          seed: int = DIGITS_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed train/validation split: a seeded permutation of ``range(n)``, the last part validates."""
+    """The fixed train/validation split: a seeded permutation of ``range(n)``; its first
+    ``round(n · val_fraction)`` indices validate, the rest train. Returns ``(train, val)``, each sorted."""
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -227,7 +229,10 @@ def random_windows(ids: torch.Tensor, batch_size: int, context: int,
     """A batch of random windows for next-character prediction.
 
     Returns ``x`` and ``y``, both (batch_size, context) int64, with ``y[:, t] = x[:, t+1]`` in the text:
-    the model reads ``x`` and predicts ``y``. Start positions are drawn with ``generator``.
+    the model reads ``x`` and predicts ``y``. Start positions are drawn with ``generator`` from
+    ``0 .. len(ids) - context - 2``: the last valid start, ``len(ids) - context - 1``, is never drawn.
+    That off-by-one is kept on purpose: the shipped GPT checkpoint was pretrained with these draws, and
+    fixing it would change what ``python -m lora_edu.pretrain`` reproduces.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -32,7 +32,9 @@ def _check_model(model) -> None:
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
@@ -62,7 +64,9 @@ def training_memory_bytes(model: nn.Module) -> dict[str, int]:
     ``weights``: every parameter (frozen ones too); ``gradients``: one per trainable number;
     ``optimizer``: AdamW's ``exp_avg`` and ``exp_avg_sq`` per trainable number plus one 4-byte ``step``
     per trainable tensor; ``trainable_total`` = trainable weights + gradients + optimizer state
-    (float32: 16 bytes per trainable number). Activations are not included: they depend on the batch.
+    (float32: 16 bytes per trainable number); ``total`` = every weight (frozen ones too, 4 bytes each
+    in float32) + gradients + optimizer state: what training needs besides the activations.
+    Activations are not included: they depend on the batch and the sequence length.
     See notebook 05_finetuning_strategies_compared.
     """
     _check_model(model)
@@ -72,13 +76,19 @@ def training_memory_bytes(model: nn.Module) -> dict[str, int]:
     gradients = trainable_weights
     optimizer = 2 * trainable_weights + 4 * len(trainable)
     return {"weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
-            "optimizer": optimizer, "trainable_total": trainable_weights + gradients + optimizer}
+            "optimizer": optimizer, "trainable_total": trainable_weights + gradients + optimizer,
+            "total": weights + gradients + optimizer}
 
 
 def checkpoint_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """Bytes on disk of ``tensors`` saved as one safetensors file (the format PEFT stores adapters in)."""
-    if not isinstance(tensors, Mapping) or not tensors:
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of names to tensors, got {type(tensors).__name__}")
+    if not tensors:
         raise ValueError("tensors must be a non-empty mapping of names to tensors")
+    wrong = [str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if wrong:
+        raise TypeError(f"tensors must map str names to torch.Tensor values; wrong entries: {', '.join(wrong[:5])}")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "task.safetensors"
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
@@ -97,7 +107,6 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-
 def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, repeats: int = 50,
                       warmup: int = 5, min_sample_seconds: float = 1e-3) -> dict[str, float]:
     """Median seconds of one forward pass of each model on ``example``, timed in turns.
@@ -105,8 +114,9 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
     Each model runs ``warmup`` passes; then ``repeats`` rounds in which every model runs one sample
     (round robin, starting with a different model each round; eval mode, under
     ``torch.inference_mode``). A sample is ``number`` back-to-back passes, with ``number`` chosen once
-    so that a sample of the fastest model lasts at least ``min_sample_seconds`` (a single pass of a tiny model is too short to time reliably on a busy
-    machine). Returns ``{name: median seconds per pass}``. See notebook 05_finetuning_strategies_compared.
+    so that a sample of the fastest model lasts at least ``min_sample_seconds`` (a single pass of a
+    tiny model is too short to time reliably on a busy machine). Returns ``{name: median seconds per
+    pass}``. See notebook 05_finetuning_strategies_compared.
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping of names to models")

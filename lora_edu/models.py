@@ -65,7 +65,11 @@ class DigitsMLP(nn.Module):
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """The tiny GPT's size. ``d_model`` must be divisible by ``n_heads``; ``mlp_hidden`` defaults to 4·d."""
+    """The tiny GPT's size. ``d_model`` must be divisible by ``n_heads``.
+
+    ``mlp_hidden`` is the MLP's inner width; its default, 256, is 4 × the default ``d_model`` (64), the
+    usual transformer ratio, but it does not follow ``d_model``: set it when you change the width.
+    """
 
     vocab_size: int = VOCAB_SIZE
     context: int = 64
@@ -112,7 +116,11 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """``up_proj (d -> hidden) -> GELU -> down_proj (hidden -> d)``."""
+    """``up_proj (d -> hidden) -> GELU -> down_proj (hidden -> d)``.
+
+    A plain up/down MLP, as in GPT-2. Llama's MLP has a third projection (``gate_proj``, SwiGLU:
+    ``down(silu(gate(x)) * up(x))``); only the names ``up_proj``/``down_proj`` are shared.
+    """
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
@@ -189,9 +197,15 @@ class TinyGPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample ``new_tokens`` characters after ``prompt_ids`` (1-D); returns the 1-D ids, prompt included.
+        """Sample ``new_tokens`` characters after ``prompt_ids``; returns the 1-D ids, prompt included.
 
-        ``temperature=0`` picks the most likely character each step (greedy)."""
+        ``prompt_ids``: a 1-D int64 tensor of at least one id (one prompt; a batch ``(B, T)`` is
+        rejected). ``temperature=0`` picks the most likely character each step (greedy)."""
+        if not isinstance(prompt_ids, torch.Tensor):
+            raise TypeError(f"prompt_ids must be a 1-D torch.Tensor of ids, got {type(prompt_ids).__name__}")
+        if prompt_ids.dim() != 1 or len(prompt_ids) == 0:
+            raise ValueError(f"prompt_ids must be a non-empty 1-D tensor (one prompt), got shape "
+                             f"{tuple(prompt_ids.shape)}; for one row of a batch pass prompt_ids[i]")
         _check_positive_int("new_tokens", new_tokens)
         if not (isinstance(temperature, (int, float)) and temperature >= 0):
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")

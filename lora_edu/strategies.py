@@ -6,13 +6,16 @@ changes ``model`` in place, freezes what the strategy does not train, and return
 - ``"full"``: every parameter trains (full fine-tuning).
 - ``"dense_delta"``: beside each frozen target weight ``W0 (out, in)`` a trainable full-rank
   ``ΔW (out, in)``, initialised to zero: ``h = W0 x + ΔW x + b``. Mergeable (``W0 ← W0 + ΔW``).
-  Often called "regular fine-tuning" in the LoRA literature: LoRA is its low-rank version.
+  It is what is often called "regular fine-tuning" written as an update (``W0 + ΔW``): LoRA is its
+  low-rank version.
 - ``"adapters"``: a serial bottleneck adapter after each target sub-layer (Houlsby et al. 2019):
   ``h ← h + up(gelu(down(h)))``, ``down: d → m``, ``up: m → d``, ``up`` near zero so the adapter
-  starts near the identity. It sits after a nonlinearity, so it cannot be merged: it adds depth.
+  starts near the identity. It cannot be merged: the gelu *inside* the adapter makes
+  ``h + up(gelu(down(h)))`` a nonlinear function of ``h``, which no change of a weight matrix can
+  reproduce, so the adapter stays as extra depth.
 - ``"lora"``: `lora_edu.add_lora` on the target linear layers: ``h = W0 x + (α/r) B A x``. Mergeable.
 - ``"head_only"``: only the output layer trains (a linear probe); ``"bias_only"``: only biases train
-  (BitFit). Cheap baselines.
+  (BitFit, Ben Zaken et al. 2021). Cheap baselines.
 
 Each model class names its default targets (``linear_targets``, ``adapter_targets``, ``head_name``,
 see `lora_edu.models`); ``targets=`` overrides them with PEFT's rules (a list of names or dotted
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +131,10 @@ def _check_targets(targets) -> None:
     if isinstance(targets, str):
         if not targets:
             raise ValueError("targets must not be empty: a list of module names or a regular expression")
+        try:
+            re.compile(targets)
+        except re.error as error:
+            raise ValueError(f"targets={targets!r} is not a valid regular expression: {error}") from None
         return
     if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
         raise TypeError(f"targets must be a non-empty list of module names or a regular expression (str), "
@@ -223,13 +231,10 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
             _replace(model, target, SerialAdapter(model.get_submodule(target), int(options["bottleneck"]),
                                                   float(options["init_scale"])))
     elif name == "lora":
-        targets = options["targets"]
-        if targets is None:
-            targets = getattr(model, "linear_targets", None)
-            if targets is None:
-                raise ValueError(f"targets must be given: {type(model).__name__} has no default 'linear_targets'")
-            targets = list(targets)
-        add_lora(model, targets, options["r"], options["alpha"], options["dropout"])
+        # Resolve here so a typo is reported as targets=... (this function's parameter), not as
+        # add_lora's target_modules=...; add_lora then gets exactly the layers found.
+        names = _resolve_targets(model, options["targets"], "linear_targets", nn.Linear)
+        add_lora(model, names, options["r"], options["alpha"], options["dropout"])
     elif name == "head_only":
         head = options["head"] or getattr(model, "head_name", None)
         if not isinstance(head, str) or not isinstance(dict(model.named_modules()).get(head), nn.Module):
@@ -276,7 +281,8 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         raise ValueError("model has already been merged and unloaded")
     if name not in MERGEABLE:
         raise ValueError(f"strategy {name!r} cannot be merged; mergeable strategies: {', '.join(MERGEABLE)}"
-                         + (" (an adapter sits after a nonlinearity, so it is extra depth, not a weight change)"
+                         + (" (the gelu inside each adapter makes it a nonlinear function of its input, which "
+                            "no change of a weight matrix can reproduce: it stays as extra depth)"
                             if name == "adapters" else " (it adds no modules: the model already is plain)"))
     wrappers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, DenseDeltaLinear))}
     if not wrappers:

@@ -2,8 +2,10 @@
 
 Explained in notebook 05_finetuning_strategies_compared. The loop trains whatever parameters have
 ``requires_grad=True`` (so the strategy decides what learns) with AdamW, and records per step: the
-training loss, the wall time, and (on CUDA) the peak allocated memory; it also measures the exact bytes
-of the gradients and of Adam's state at the end.
+training loss and the wall time; on CUDA it also records how much the allocated memory rose above
+its level at the start of training (peak minus start: models and data already on the device, such
+as earlier runs, are not counted). At the end it measures the exact bytes of the gradients and of
+Adam's state.
 
 The progress bar (tqdm) is shown in a terminal and in a kernel started by a Jupyter server; it is off
 when ``LORA_EDU_QUIET`` or ``PYTEST_CURRENT_TEST`` is set, and whenever output goes neither to a
@@ -64,7 +66,16 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Mean cross-entropy of ``model(x)`` against ``y`` (eval mode, no gradients), in batches of ``batch_size``."""
+    """Mean cross-entropy of ``model(x)`` against ``y`` (eval mode, no gradients), in batches of ``batch_size``.
+
+    ``x``: the model's input with at least one row; ``y``: the targets ``model(x)`` is scored against
+    (``(n,)`` for a classifier, ``(n, T)`` for a language model). The model's train/eval mode is restored.
+    """
+    if len(x) == 0 or y.numel() == 0:
+        raise ValueError(f"x and y must hold at least one example, got x of shape {tuple(x.shape)} "
+                         f"and y of shape {tuple(y.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -104,9 +115,12 @@ class TrainingResult:
     """What a training run recorded.
 
     ``train_losses[i]``: the loss of step ``i``; ``step_seconds[i]``: its wall time;
-    ``evaluations``: ``{name: [value at each step of eval_steps]}``; ``grad_bytes`` and
-    ``optimizer_bytes``: measured after the last step; ``peak_memory_bytes``: CUDA's peak allocated
-    memory during training (None on other devices).
+    ``evaluations``: ``{name: [value at each step of eval_steps]}``; ``trainable_parameters``: how
+    many numbers trained (parameters with ``requires_grad=True`` when training started);
+    ``grad_bytes`` and ``optimizer_bytes``: measured after the last step; ``peak_memory_bytes``: on
+    CUDA, the peak allocated memory during training minus the allocated memory at its start (what
+    this run added on top of everything already on the device: gradients, AdamW state, activations);
+    None on other devices.
     """
 
     train_losses: list[float] = field(default_factory=list)
@@ -146,10 +160,12 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
     """Train the parameters of ``model`` that have ``requires_grad=True`` with AdamW.
 
     Each step: ``x, y = next_batch(step)``; ``loss = loss_fn(model(x), y)``; backward; AdamW step
-    (``lr``, ``weight_decay``). The learning rate rises linearly over ``warmup_steps`` and then decays
-    along a cosine to ``final_lr_fraction · lr`` (1.0: constant). ``evaluate(model)`` returns
-    ``{name: value}`` and runs before the first step, every ``eval_every`` steps and after the last.
-    Returns a `TrainingResult`. See notebook 05_finetuning_strategies_compared.
+    (``lr``, ``weight_decay``; with the default ``weight_decay=0`` AdamW is plain Adam). The learning
+    rate rises linearly over ``warmup_steps`` and then decays along a cosine to
+    ``final_lr_fraction · lr`` (1.0: constant). ``evaluate(model)`` returns ``{name: value}`` and runs
+    before the first step, every ``eval_every`` steps and after the last. The model is left in eval
+    mode (``model.eval()``) when training ends; call ``model.train()`` to continue training with
+    dropout. Returns a `TrainingResult`. See notebook 05_finetuning_strategies_compared.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -194,9 +210,11 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
         for name, value in values.items():
             result.evaluations.setdefault(name, []).append(float(value))
 
+    memory_at_start = 0
     if on_cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        memory_at_start = torch.cuda.memory_allocated(device)
     model.train()
     run_evaluation(0)
     bar = _progress_bar(steps, description, show)
@@ -224,7 +242,7 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
     result.grad_bytes = tensor_bytes(p.grad for p in params)
     result.optimizer_bytes = optimizer_state_bytes(optimizer)
     if on_cuda:
-        result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+        result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) - memory_at_start
     run_evaluation(steps)
     model.eval()
     return result

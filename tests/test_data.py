@@ -10,6 +10,8 @@ def test_digits_split_is_fixed_and_disjoint():
     train, val = data.digits_split_indices()
     assert len(train) + len(val) == 1797
     assert len(set(train) & set(val)) == 0
+    order = np.random.default_rng(data.DIGITS_SPLIT_SEED).permutation(1797)
+    assert np.array_equal(val, np.sort(order[:len(val)]))  # the first part of the permutation validates
     again_train, again_val = data.digits_split_indices()
     assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
 

@@ -36,7 +36,17 @@ def test_exercise_2_training_bytes_agree_with_measure():
     assert "counts numbers, not bytes" in nb05.check_training_bytes(trainable * 4, trainable, 8).message
     result = nb05.check_training_bytes(16 * trainable + 24, trainable)
     assert result.passed is False and f"expected {16 * trainable:,} bytes" in result.message
-    assert "off by 24 " in result.message
+    assert "off by 24 " in result.message and "relative" in result.message
+    with_counters = nb05.check_training_bytes(16 * trainable + 24, trainable, trainable_tensors=6)
+    assert with_counters.passed is False and "step counter" in with_counters.message
+    assert "16·n + 4·6" in with_counters.message
+    assert "megabytes" in nb05.check_training_bytes(16 * trainable / 1e6, trainable).message
+    assert "MiB" in nb05.check_training_bytes(16 * trainable / 2 ** 20, trainable).message
+    for bad in (float("nan"), float("inf")):
+        result = nb05.check_training_bytes(bad, trainable)
+        assert result.passed is False and "finite number" in result.message
+    with pytest.raises(ValueError, match="trainable_tensors must be a positive int"):
+        nb05.check_training_bytes(1, trainable, trainable_tensors=0)
 
 
 def test_exercise_3_flop_ratio():
@@ -44,6 +54,10 @@ def test_exercise_3_flop_ratio():
     assert "extra part only" in nb05.check_flop_ratio(1.0625, 64, 64, 2).message
     assert "count both products" in nb05.check_flop_ratio(2 / 64, 64, 64, 2).message
     assert nb05.check_flop_ratio(0.5, 64, 64, 2).passed is False
+    rounded = nb05.check_flop_ratio(0.0039, 4096, 4096, 8)
+    assert rounded.passed is False and "do not round" in rounded.message
+    percent = nb05.check_flop_ratio(0.390625, 4096, 4096, 8)
+    assert percent.passed is False and "percentage" in percent.message
 
 
 def test_exercise_4_adapter_parameters_agree_with_the_strategy():
@@ -53,6 +67,9 @@ def test_exercise_4_adapter_parameters_agree_with_the_strategy():
     assert "biases" in nb05.check_adapter_parameters(6 * 2 * 64 * 8, 64, 8, 6).message
     assert "one adapter" in nb05.check_adapter_parameters(2 * 64 * 8 + 72, 64, 8, 6).message
     assert nb05.check_adapter_parameters(1.5, 64, 8, 6).passed is False
+    for count in (2, 3):
+        result = nb05.check_adapter_parameters(count * (2 * 64 * 8 + 72), 64, 8, 6)
+        assert result.passed is False and f"you counted {count} adapters" in result.message
 
 
 def test_checks_reject_bad_exercise_inputs():
@@ -60,3 +77,15 @@ def test_checks_reject_bad_exercise_inputs():
         nb05.check_lora_layer_parameters(1, 4, 4, 0)
     with pytest.raises(ValueError, match="bytes_per_number must be a positive int"):
         nb05.check_training_bytes(1, 4, 0)
+
+
+def test_exercise_1_accepts_a_zero_dimensional_tensor_and_rejects_non_finite():
+    import numpy as np
+    import torch
+
+    assert nb05.check_lora_layer_parameters(torch.tensor(640), 256, 64, 2).passed
+    assert nb05.check_lora_layer_parameters(np.int64(640), 256, 64, 2).passed
+    assert nb05.check_lora_layer_parameters(torch.tensor(641), 256, 64, 2).passed is False
+    assert nb05.check_lora_layer_parameters(torch.tensor([640]), 256, 64, 2).passed is False
+    result = nb05.check_lora_layer_parameters(float("nan"), 256, 64, 2)
+    assert result.passed is False and "finite number" in result.message

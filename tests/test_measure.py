@@ -25,6 +25,8 @@ def test_training_memory_is_16_bytes_per_trainable_number_in_float32():
     assert memory["trainable_weights"] == 4 * trainable
     assert memory["trainable_total"] == 16 * trainable + 4 * tensors
     assert memory["weights"] == 4 * measure.count_trainable(model).total
+    assert memory["total"] == memory["weights"] + memory["gradients"] + memory["optimizer"]
+    assert memory["total"] > memory["trainable_total"]  # the frozen base weights are still in memory
     half = models.DigitsMLP(hidden=16).half()
     assert measure.training_memory_bytes(half)["trainable_weights"] == 2 * models.count_parameters(half)
 
@@ -86,3 +88,14 @@ def test_time_state_load_swaps_the_weights():
 def test_peak_memory_note():
     assert measure.peak_memory_note(None) == "n/a (CPU)"
     assert measure.peak_memory_note(2_500_000) == "2.50 MB"
+
+
+def test_wrong_types_raise_type_error():
+    with pytest.raises(TypeError, match="r must be an int >= 1, got float 2.0"):
+        measure.lora_flop_ratio(2.0, 4, 4)
+    with pytest.raises(TypeError, match="repeats must be an int >= 1"):
+        measure.measure_latencies({"a": models.DigitsMLP(hidden=8)}, torch.zeros(1, 64), repeats="3")
+    with pytest.raises(TypeError, match="tensors must be a mapping of names to tensors, got list"):
+        measure.checkpoint_bytes([torch.zeros(2)])
+    with pytest.raises(TypeError, match="tensors must map str names to torch.Tensor values; wrong entries: w"):
+        measure.checkpoint_bytes({"w": [1.0, 2.0]})

@@ -103,3 +103,25 @@ def test_pretrained_digits_mlp_is_cached_and_accurate():
     first.fc1.weight.data.zero_()  # changing a copy leaves the cache alone
     assert not torch.equal(pretrain.pretrained_digits_mlp().fc1.weight, first.fc1.weight)
     assert pretrain.digits_accuracy(second, data.load_digits_task("original")) > 0.95
+
+
+def test_generate_rejects_a_batch_of_prompts():
+    model = models.TinyGPT(models.GPTConfig(d_model=16, n_heads=2, n_layers=1, mlp_hidden=32))
+    with pytest.raises(ValueError, match=r"non-empty 1-D tensor \(one prompt\), got shape \(2, 3\)"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        model.generate(torch.zeros(0, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match="prompt_ids must be a 1-D torch.Tensor"):
+        model.generate([1, 2, 3], 2)
+
+
+def test_digits_accuracy_accepts_a_task_name_and_rejects_others():
+    model = pretrain.pretrained_digits_mlp()
+    by_name = pretrain.digits_accuracy(model, "mirrored")
+    assert by_name == pretrain.digits_accuracy(model, data.load_digits_task("mirrored"))
+    with pytest.raises(ValueError, match="task='flipped' is not a digits task; allowed values: original"):
+        pretrain.digits_accuracy(model, "flipped")
+    with pytest.raises(TypeError, match="task must be a DigitsTask or a task name"):
+        pretrain.digits_accuracy(model, 3)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        pretrain.digits_accuracy("model", "mirrored")

@@ -146,6 +146,10 @@ def test_digits_mlp_defaults():
     (lambda m: strategies.apply_strategy(m, "dense_delta", targets=["nope"]), ValueError,
      "matches no module of this model; modules that exist: .*q_proj"),
     (lambda m: strategies.apply_strategy(m, "dense_delta", targets=["attn"]), TypeError, "not a Linear"),
+    (lambda m: strategies.apply_strategy(m, "lora", targets=["q_prj"]), ValueError,
+     r"^targets=\['q_prj'\] matches no module of this model; modules that exist: .*q_proj"),
+    (lambda m: strategies.apply_strategy(m, "lora", targets="q_proj("), ValueError,
+     "targets='q_proj\\(' is not a valid regular expression"),
     (lambda m: strategies.apply_strategy(m, "dense_delta", targets=[]), TypeError, "non-empty list"),
     (lambda m: strategies.apply_strategy(m, "adapters", bottleneck=0), ValueError, "bottleneck must be a positive int"),
     (lambda m: strategies.apply_strategy(m, "adapters", init_scale=float("nan")), ValueError, "init_scale"),
@@ -190,3 +194,15 @@ def test_bias_only_needs_biases():
     model = torch.nn.Linear(3, 3, bias=False)
     with pytest.raises(ValueError, match="no bias parameters"):
         strategies.apply_strategy(model, "bias_only")
+
+
+def test_lora_strategy_with_explicit_targets_adds_lora_only_there():
+    model = strategies.apply_strategy(small_gpt(), "lora", targets=["q_proj", "v_proj"], r=2)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    assert wrapped and all(n.endswith(("q_proj", "v_proj")) for n in wrapped)
+
+
+def test_adapter_merge_error_names_the_gelu_inside_the_adapter():
+    model = strategies.apply_strategy(small_gpt(), "adapters")
+    with pytest.raises(ValueError, match="gelu inside each adapter"):
+        strategies.merge_and_unload(model)

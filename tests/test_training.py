@@ -122,3 +122,19 @@ def test_cross_entropy_loss_handles_sequences():
     logits = torch.zeros(2, 5, 7)
     targets = torch.zeros(2, 5, dtype=torch.long)
     assert abs(float(training.cross_entropy_loss(logits, targets)) - float(torch.log(torch.tensor(7.0)))) < 1e-6
+
+
+def test_evaluate_loss_rejects_empty_input():
+    model = models.DigitsMLP(hidden=8)
+    with pytest.raises(ValueError, match="x and y must hold at least one example"):
+        training.evaluate_loss(model, torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        training.evaluate_loss(model, torch.zeros(2, 64), torch.zeros(2, dtype=torch.long), batch_size=0)
+
+
+def test_train_leaves_the_model_in_eval_mode():
+    model = models.DigitsMLP(hidden=8)
+    batch = (torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3]))
+    result = training.train(model, lambda step: batch, 2, 1e-2, progress=False)
+    assert not model.training
+    assert result.trainable_parameters == models.count_parameters(model)

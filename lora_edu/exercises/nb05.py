@@ -7,6 +7,7 @@ r(d+k)).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
@@ -14,6 +15,15 @@ from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answere
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_scalar(answer):
+    """A 0-d tensor or array (``torch.tensor(640)``, ``np.int64(640)``) as a plain Python number."""
+    if getattr(answer, "ndim", None) == 0 and hasattr(answer, "item") and not isinstance(answer, bool):
+        value = answer.item()
+        if _is_number(value):
+            return value
+    return answer
 
 
 def _with_hints(result: CheckResult, answer, mistakes) -> CheckResult:
@@ -30,11 +40,17 @@ def _check_count(name: str, answer, expected: int, what: str) -> CheckResult:
     """An exact whole number: say how far off a wrong one is, with every digit shown."""
     if not _is_number(answer):
         return failed(name, f"expected a number of {what}, got {type(answer).__name__}: {answer!r:.40}")
+    if not math.isfinite(answer):
+        return failed(name, f"expected {expected:,} {what}, got {answer}: the answer must be a finite number.")
     if answer == expected:
         return passed(name, f"correct ({expected:,} {what}).")
     off = float(answer) - expected
-    return failed(name, f"expected {expected:,} {what}, got {answer:,}: off by {abs(off):,g} "
-                        f"({abs(off) / expected:.2%} too {'high' if off > 0 else 'low'}).")
+    shown_off = (f"{abs(off):,.0f}" if float(off).is_integer()
+                 else f"{abs(off):,.2f}" if abs(off) >= 1 else f"{abs(off):.6g}")
+    relative = abs(off) / expected
+    shown_relative = f"{relative:.2%}" if relative >= 1e-4 else f"{relative:.1e} relative"
+    return failed(name, f"expected {expected:,} {what}, got {answer:,}: off by {shown_off} "
+                        f"({shown_relative} too {'high' if off > 0 else 'low'}).")
 
 
 def _check_shape_arguments(**values) -> None:
@@ -49,6 +65,7 @@ def check_lora_layer_parameters(answer, d_out: int, d_in: int, r: int) -> CheckR
     name = "Exercise 1"
     if answer is NOT_ANSWERED:
         return not_answered(name)
+    answer = _as_scalar(answer)
     expected = r * (d_in + d_out)
     result = _check_count(name, answer, expected, "trainable numbers")
     return _with_hints(result, answer, [
@@ -59,18 +76,35 @@ def check_lora_layer_parameters(answer, d_out: int, d_in: int, r: int) -> CheckR
     ])
 
 
-def check_training_bytes(answer, trainable: int, bytes_per_number: int = 4) -> CheckResult:
+def check_training_bytes(answer, trainable: int, bytes_per_number: int = 4,
+                         trainable_tensors: int | None = None) -> CheckResult:
     """Exercise 2: bytes AdamW training keeps per trainable number: weight + gradient + two moments.
 
     Expected ``4 · bytes_per_number · trainable`` (16 bytes each in float32); the 4-byte step counters
-    are left out.
+    are left out. ``trainable_tensors`` (how many trainable tensors, optional) lets the check recognise
+    an answer that includes them: ``16 · trainable + 4 · trainable_tensors``.
     """
     _check_shape_arguments(trainable=trainable, bytes_per_number=bytes_per_number)
+    if trainable_tensors is not None:
+        _check_shape_arguments(trainable_tensors=trainable_tensors)
     name = "Exercise 2"
     if answer is NOT_ANSWERED:
         return not_answered(name)
+    answer = _as_scalar(answer)
     expected = 4 * bytes_per_number * trainable
     result = _check_count(name, answer, expected, "bytes")
+    mistakes = []
+    if trainable_tensors is not None:
+        mistakes.append((expected + 4 * trainable_tensors,
+                         f"that includes AdamW's 4-byte step counter for each of the {trainable_tensors} trainable "
+                         f"tensors (16·n + 4·{trainable_tensors}, as in the table of section 5); the exercise "
+                         "leaves the counters out."))
+    mistakes += [(expected / 1e6, "that is in megabytes (10⁶ bytes); give the answer in bytes."),
+                 (expected / 2 ** 20, "that is in MiB (2²⁰ bytes); give the answer in bytes.")]
+    for candidate, hint in mistakes:
+        if result.passed is False and _is_number(answer) and math.isfinite(answer) \
+                and abs(answer - candidate) <= 0.005 * candidate:
+            return failed(name, f"{result.message} Hint: {hint}")
     return _with_hints(result, answer, [
         (bytes_per_number * trainable, "that is the weights alone; training also keeps a gradient and "
                                        "AdamW's two moment estimates per number."),
@@ -89,6 +123,14 @@ def check_flop_ratio(answer, d: int, k: int, r: int) -> CheckResult:
         return not_answered(name)
     expected = r * (d + k) / (d * k)
     result = check_value(name, answer, expected, rtol=1e-6, what="extra compute ratio")
+    value = _as_scalar(answer)
+    if result.passed is False and _is_number(value) and math.isfinite(value):
+        if abs(value - 100 * expected) <= 0.01 * 100 * expected:
+            return failed(name, f"{result.message} Hint: that is a percentage; give the fraction "
+                                "(divide by 100).")
+        if abs(value - expected) <= 0.02 * expected:
+            return failed(name, f"{result.message} Hint: close, but rounded; compute it in Python, "
+                                "e.g. r * (d + k) / (d * k), and do not round.")
     return _with_hints(result, answer, [
         (1 + expected, "that is the total (1 + the extra part); the question asks for the extra part only."),
         (r / d, "x goes through A (r × k) and then B (d × r): count both products, r·k + d·r."),
@@ -102,9 +144,17 @@ def check_adapter_parameters(answer, width: int, bottleneck: int, sublayers: int
     name = "Exercise 4"
     if answer is NOT_ANSWERED:
         return not_answered(name)
+    answer = _as_scalar(answer)
     d, m = width, bottleneck
-    expected = sublayers * (2 * d * m + m + d)
+    per_adapter = 2 * d * m + m + d
+    expected = sublayers * per_adapter
     result = _check_count(name, answer, expected, "trainable numbers")
+    for count in range(2, sublayers):
+        if sublayers % count == 0 and result.passed is False and _is_number(answer) \
+                and answer == count * per_adapter:
+            return failed(name, f"{result.message} Hint: one adapter has the right size ({per_adapter:,}), but "
+                                f"you counted {count} adapters; there is one after every target sub-layer: "
+                                f"{sublayers} in all (attention and MLP in each block).")
     return _with_hints(result, answer, [
         (sublayers * 2 * d * m, "you left out the biases: down has m, up has d."),
         (2 * d * m + m + d, "that is one adapter; there is one after every target sub-layer."),
