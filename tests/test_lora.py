@@ -11,44 +11,7 @@ from torch import nn
 import lora_edu
 from lora_edu.lora import LoRALinear, add_lora, find_target_modules, lora_layers, lora_state_dict, \
     merge_lora, target_matches, unmerge_lora
-
-
-
-class MLP(nn.Module):
-    def __init__(self, d_in=6, d_hidden=10, d_out=4):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(d_hidden, d_out)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, d=8):
-        super().__init__()
-        self.q = nn.Linear(d, d)
-        self.v = nn.Linear(d, d, bias=False)
-        self.norm = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-
-    def forward(self, x):
-        return x + self.mlp(self.norm(x + self.v(torch.tanh(self.q(x)))))
-
-
-class Nested(nn.Module):
-    def __init__(self, d=8, n=2):
-        super().__init__()
-        self.embed = nn.Linear(5, d)
-        self.blocks = nn.ModuleList([Block(d) for _ in range(n)])
-        self.head = nn.Linear(d, 3)
-
-    def forward(self, x):
-        h = self.embed(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(h)
+from toy_models import MLP, Nested
 
 
 def trained_like(layer: LoRALinear, seed=1):

@@ -16,18 +16,7 @@ from lora_edu import (LoRALinear, add_lora, load_peft_adapter, lora_state_dict, 
                       unmerge_lora)
 from lora_edu.lora import lora_layers
 from lora_edu.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, read_adapter_config
-
-
-
-class MLP(nn.Module):
-    def __init__(self, d_in=6, d_hidden=10, d_out=4):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(d_hidden, d_out)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+from toy_models import MLP
 
 
 class Nested(nn.Module):

@@ -17,6 +17,7 @@ from torch import nn
 
 from lora_edu import add_lora, load_peft_adapter, lora_state_dict, merge_lora, save_peft_adapter
 from lora_edu.lora import lora_layers
+from toy_models import MLP, Nested
 
 peft = pytest.importorskip("peft", reason="peft is a test dependency: pip install -r requirements.txt")
 from peft.tuners.lora import Linear as PeftLinear  # noqa: E402
@@ -29,53 +30,14 @@ UNMERGED_TOL = 1e-6
 MERGED_TOL = 1e-5
 
 
-class MLP(nn.Module):
-    def __init__(self, d_in, d_hidden, d_out):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(d_hidden, d_out)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.q = nn.Linear(d, d)
-        self.v = nn.Linear(d, d, bias=False)
-        self.norm = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-
-    def forward(self, x):
-        return x + self.mlp(self.norm(x + self.v(torch.tanh(self.q(x)))))
-
-
-class Nested(nn.Module):
-    """Nested module names: embed, blocks.0.q, blocks.0.mlp.2, ..., head."""
-
-    def __init__(self, d_in=5, d=12, n=2, d_out=3):
-        super().__init__()
-        self.embed = nn.Linear(d_in, d)
-        self.blocks = nn.ModuleList([Block(d) for _ in range(n)])
-        self.head = nn.Linear(d, d_out)
-
-    def forward(self, x):
-        h = self.embed(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(h)
-
-
 # (id, model factory, input features, target_modules, r, alpha, use_rslora)
 CASES = [
     ("mlp-r1", lambda: MLP(6, 10, 4), 6, ["fc1", "fc2"], 1, 1, False),
     ("mlp-r4-rslora", lambda: MLP(32, 64, 16), 32, ["fc1"], 4, 8, True),
     ("mlp-r8-wide", lambda: MLP(17, 33, 5), 17, ["fc2", "fc1"], 8, 16.0, False),
     ("mlp-r16-rslora", lambda: MLP(64, 48, 64), 64, ["fc1", "fc2"], 16, 7.5, True),
-    ("nested-list-suffix", lambda: Nested(), 5, ["q", "v"], 2, 4, False),
-    ("nested-list-full-and-suffix", lambda: Nested(), 5, ["q", "blocks.1.mlp.0", "head"], 3, 5.5, True),
+    ("nested-list-suffix", lambda: Nested(d=12), 5, ["q", "v"], 2, 4, False),
+    ("nested-list-full-and-suffix", lambda: Nested(d=12), 5, ["q", "blocks.1.mlp.0", "head"], 3, 5.5, True),
     ("nested-regex", lambda: Nested(d=16), 5, r"blocks\.\d+\.(q|mlp\.[02])", 4, 4, False),
     ("nested-regex-alternation", lambda: Nested(d=8, n=3), 5, r".*\.v|head|embed", 6, 32, True),
 ]
@@ -174,7 +136,7 @@ def test_gradients_of_A_and_B_equal(case):
 
 
 def test_dropout_in_training_mode_draws_the_same_masks():
-    _, ours, theirs = make_pair(lambda: Nested(), ["q", "v", "head"], 4, 8, False, dropout=0.25)
+    _, ours, theirs = make_pair(lambda: Nested(d=12), ["q", "v", "head"], 4, 8, False, dropout=0.25)
     ours.train()
     theirs.train()
     x = torch.randn(8, 5, generator=torch.Generator().manual_seed(5))
@@ -275,7 +237,7 @@ def test_ambiguous_names_are_saved_so_peft_selects_exactly_the_same_layers(tmp_p
 
 
 def test_save_then_load_ours_is_exact(tmp_path):
-    plain, ours, _ = make_pair(lambda: Nested(), ["q", "v"], 3, 6, True)
+    plain, ours, _ = make_pair(lambda: Nested(d=12), ["q", "v"], 3, 6, True)
     save_peft_adapter(ours, tmp_path)
     loaded = load_peft_adapter(copy.deepcopy(plain), tmp_path)
     for key, value in lora_state_dict(ours).items():
