@@ -19,6 +19,7 @@ import copy
 import math
 import numbers
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ ADAM_EPS = 1e-8
 __all__ = ["RANKS", "FIXED_ALPHA", "ALPHA_RULES", "ALPHA_RULE_LABELS", "SCALING_RULES", "SCALING_RULE_LABELS",
            "alpha_for", "lora_scaling", "lora_init_A", "batch_indices", "frozen_mlp_layers", "BatchRun",
            "train_lora_batch", "PlantedRankProblem", "planted_rank_problem", "PlantedRankSweep",
-           "planted_rank_sweep", "LoRAGrid", "run_lora_grid", "compare_alpha_and_lr", "relative_gap",
+           "planted_rank_sweep", "LoRAGrid", "run_lora_grid", "compare_alpha_and_lr",
            "lora_gradient_norms_at_init", "lora_first_step_norms", "loglog_slope", "full_finetuning_delta",
            "directions_for_energy"]
 
@@ -120,18 +121,22 @@ def lora_scaling(alpha: float, r: int, rule: str = "alpha/r") -> float:
     return alpha / r if rule == "alpha/r" else alpha / math.sqrt(r)
 
 
-def lora_init_A(in_features: int, rank: int, seed: int = 0, device=None) -> torch.Tensor:
+def lora_init_A(in_features: int, rank: int, seed: int = 0, device=None, *,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """LoRA's initial ``A``, shape ``(rank, in_features)``: uniform on ``[-1/√in, 1/√in]``.
 
     The same distribution as PEFT's default (Kaiming-uniform with ``a = √5``, see `lora_edu.LoRALinear`),
-    drawn from its own generator seeded with ``seed``: the first ``r`` rows of a rank-64 draw are the
-    rank-``r`` draw, so adapters of different ranks start from nested directions.
-    See notebook 06_rank_and_alpha_explorer.
+    drawn from its own CPU generator seeded with ``seed`` (or from ``generator``, a CPU
+    ``torch.Generator``, when given: then ``seed`` is not used), never from torch's global state. With a
+    seed, the first ``r`` rows of a rank-64 draw are the rank-``r`` draw, so adapters of different ranks
+    start from nested directions. See notebook 06_rank_and_alpha_explorer.
     """
     in_features = _check_int("in_features", in_features)
     rank = _check_int("rank", rank)
-    seed = _check_int("seed", seed, 0)
-    generator = torch.Generator().manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+    elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator must be a CPU torch.Generator or None, got {generator!r}")
     bound = 1.0 / math.sqrt(in_features)
     a = torch.empty(rank, in_features).uniform_(-bound, bound, generator=generator)
     return a.to(device) if device is not None else a
@@ -224,7 +229,8 @@ def train_lora_batch(layers, targets, data, r: int, scalings, learning_rates, st
     leading G dimension (one target per configuration). ``scalings`` and ``learning_rates``: G numbers.
 
     Configuration g computes ``z = h W0ᵀ + b + s_g (h A_gᵀ) B_gᵀ`` on each target layer with
-    ``A_g (r, in)`` from `lora_init_A` (the same start for every g) and ``B_g (out, r) = 0``, and trains
+    ``A_g (r, in)`` from `lora_init_A` (layer position i draws with seed ``seed + i``; the same start for
+    every g) and ``B_g (out, r) = 0``, and trains
     ``A_g, B_g`` with Adam (β = 0.9, 0.999, ε = 1e-8, no weight decay, as `lora_edu.training.train`) or
     plain SGD at its own learning rate. Every configuration sees the same batches (`batch_indices`).
     Returns a `BatchRun`. See notebook 06_rank_and_alpha_explorer.
@@ -240,7 +246,8 @@ def train_lora_batch(layers, targets, data, r: int, scalings, learning_rates, st
     if len(scalings) != len(learning_rates):
         raise ValueError(f"scalings and learning_rates must have the same length (one per configuration), "
                          f"got {len(scalings)} and {len(learning_rates)}")
-    if not layers or not all(isinstance(t, int) and 0 <= t < len(layers) for t in targets) or not targets:
+    if (not layers or isinstance(targets, (str, bytes)) or not hasattr(targets, "__iter__") or not targets
+            or not all(isinstance(t, int) and 0 <= t < len(layers) for t in targets)):
         raise ValueError(f"targets must be a non-empty list of layer positions in [0, {len(layers)}), "
                          f"got {targets!r}")
     for name in ("x_train", "y_train", "x_val", "y_val"):
@@ -267,6 +274,8 @@ def train_lora_batch(layers, targets, data, r: int, scalings, learning_rates, st
             return _loss_per_config(out, data.y_val, loss).cpu()
 
     eval_steps, val_losses, train_losses = [0], [scored()], []
+    # Adam by hand rather than torch.optim.Adam: each configuration has its own learning rate, and here all G
+    # configurations live in one tensor (torch's optimizers take one learning rate per parameter tensor).
     beta1, beta2 = ADAM_BETAS
     for step in range(steps):
         idx = rows[step]
@@ -391,29 +400,32 @@ class PlantedRankSweep:
 
 def planted_rank_sweep(ranks=tuple(range(1, 9)), true_ranks=tuple(range(1, 9)), steps: int = 300,
                        lr: float = 0.02, d: int = 32, noise_std: float = 0.1, eval_every: int = 10,
-                       seed: int = 0) -> PlantedRankSweep:
-    """Fit LoRA (scaling 1, i.e. α = r; full batch; Adam at ``lr``) of each rank to each planted problem.
+                       seed: int = 0, n_train: int = 512, n_val: int = 512) -> PlantedRankSweep:
+    """Fit LoRA (scaling 1, i.e. α = r; full batch; Adam at ``lr``) of each rank to each planted problem
+    (`planted_rank_problem` with ``d``, ``n_train``, ``n_val``, ``noise_std`` and ``seed``).
 
     All true ranks of one LoRA rank train side by side (`train_lora_batch` with one target per
     configuration). Returns a `PlantedRankSweep`. See notebook 06_rank_and_alpha_explorer.
     """
     ranks = _check_int_list("ranks", ranks)
     true_ranks = _check_int_list("true_ranks", true_ranks)
+    d = _check_int("d", d, 2)
     for k in true_ranks + ranks:
         if k > d:
             raise ValueError(f"ranks and true_ranks must be <= d={d}, got {k}")
-    problems = [planted_rank_problem(k, d=d, noise_std=noise_std, seed=seed) for k in true_ranks]
+    problems = [planted_rank_problem(k, d=d, n_train=n_train, n_val=n_val, noise_std=noise_std, seed=seed)
+                for k in true_ranks]
     first = problems[0]
 
-    class _Stacked:  # one target per configuration: y of shape (K, n, d)
-        x_train, x_val = first.x_train, first.x_val
-        y_train = torch.stack([p.y_train for p in problems])
-        y_val = torch.stack([p.y_val for p in problems])
+    # One configuration per planted problem: shared inputs, one target per configuration (y: (K, n, d)).
+    stacked = SimpleNamespace(x_train=first.x_train, x_val=first.x_val,
+                              y_train=torch.stack([p.y_train for p in problems]),
+                              y_val=torch.stack([p.y_val for p in problems]))
 
     layers = [(first.w0, torch.zeros(d))]
     losses, eval_steps = [], None
     for r in ranks:
-        run = train_lora_batch(layers, [0], _Stacked, r, [1.0] * len(problems), [lr] * len(problems), steps,
+        run = train_lora_batch(layers, [0], stacked, r, [1.0] * len(problems), [lr] * len(problems), steps,
                                loss="mse", batch_size=None, eval_every=eval_every, seed=seed)
         losses.append(run.val_loss)
         eval_steps = run.eval_steps
@@ -550,31 +562,24 @@ def compare_alpha_and_lr(base_model: nn.Module, task, pairs, r: int = 8, steps: 
     return {pair: run.val_loss[i] for i, pair in enumerate(pairs)}
 
 
-def relative_gap(curve, reference, upto: int | None = None) -> float:
-    """``max_t |curve_t − reference_t| / reference_t`` over the first ``upto`` entries (all if None)."""
-    a, b = np.asarray(curve, dtype=float), np.asarray(reference, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"curve and reference must be 1-D of the same length, got {a.shape} and {b.shape}")
-    if upto is not None:
-        upto = _check_int("upto", upto)
-        a, b = a[:upto], b[:upto]
-    return float(np.max(np.abs(a - b) / np.abs(b)))
-
-
 # ----------------------------------------------------------------------------------------------
 # rsLoRA: the size of the gradient at initialisation
 # ----------------------------------------------------------------------------------------------
 
 def lora_gradient_norms_at_init(base_model: nn.Module, task, ranks=RANKS, alpha: float = FIXED_ALPHA,
-                                use_rslora: bool = False, seeds=(0, 1, 2, 3),
+                                use_rslora: bool = False, seeds=tuple(range(16)),
                                 targets=("fc1", "fc2")) -> np.ndarray:
     """The norm of the loss gradient with respect to the LoRA factors at initialisation, per rank.
 
-    For each rank and seed: ``torch.manual_seed(seed)``, `lora_edu.add_lora` on a copy of ``base_model``,
-    one full-batch cross-entropy on the training set, backward; the norm ``√(Σ_layers ‖∂L/∂B‖²)``
-    (``∂L/∂A = 0`` while ``B = 0``). Since ``∂L/∂B = s · G Aᵀ`` with ``G = ∂L/∂ΔW`` (the same for every
-    rank at init) and ``‖G Aᵀ‖ ∝ √r``, the norm grows as ``s·√r``: ``r^(-1/2)`` under ``s = α/r``, flat under
-    rsLoRA's ``s = α/√r``. Returns (len(ranks),), the mean over ``seeds``.
+    For each rank and seed: `lora_edu.add_lora` on a copy of ``base_model``, each target's ``lora_A``
+    (r, in) redrawn from ``torch.Generator().manual_seed(seed)`` (`lora_init_A`, targets in order), one
+    full-batch cross-entropy on the training set, backward; the norm ``√(Σ_layers ‖∂L/∂B‖²)``
+    (``∂L/∂A = 0`` while ``B = 0``). Torch's global random state is left as it was.
+
+    ``∂L/∂B = s · G Aᵀ`` (out, r) with ``G = ∂L/∂ΔW`` (out, in), the same for every rank at init. Its r
+    columns ``G a_i`` come from r independent rows of ``A``, whose entry scale does not depend on r, so
+    ``E‖G Aᵀ‖² = r · E‖G a‖²`` and ``E‖∂L/∂B‖² ∝ s² r``. Returns (len(ranks),): the root mean square over
+    ``seeds``, which follows ``s·√r`` (``r^(-1/2)`` under ``s = α/r``, flat under rsLoRA's ``s = α/√r``).
     See notebook 06_rank_and_alpha_explorer.
     """
     ranks = _check_int_list("ranks", ranks)
@@ -585,16 +590,22 @@ def lora_gradient_norms_at_init(base_model: nn.Module, task, ranks=RANKS, alpha:
     frozen_mlp_layers(base_model, targets)  # checks the model and the targets
     device = next(base_model.parameters()).device
     task = task.to(device)
-    norms = np.zeros((len(ranks), len(seeds)))
+    squares = np.zeros((len(ranks), len(seeds)))
     for i, r in enumerate(ranks):
         for j, seed in enumerate(seeds):
-            torch.manual_seed(seed)
-            model = add_lora(copy.deepcopy(base_model), list(targets), r=r, alpha=alpha, use_rslora=use_rslora)
+            with torch.random.fork_rng(devices=[]):  # add_lora's own draw must not move the global state
+                model = add_lora(copy.deepcopy(base_model), list(targets), r=r, alpha=alpha,
+                                 use_rslora=use_rslora)
+            generator = torch.Generator().manual_seed(seed)
+            layers = lora_layers(model)
+            with torch.no_grad():
+                for name in targets:
+                    layer = layers[name]
+                    layer.lora_A.copy_(lora_init_A(layer.in_features, r, generator=generator))
             model.train()
             F.cross_entropy(model(task.x_train), task.y_train).backward()
-            squares = sum(float(layer.lora_B.grad.pow(2).sum()) for layer in lora_layers(model).values())
-            norms[i, j] = math.sqrt(squares)
-    return norms.mean(axis=1)
+            squares[i, j] = sum(float(layer.lora_B.grad.pow(2).sum()) for layer in layers.values())
+    return np.sqrt(squares.mean(axis=1))
 
 
 def lora_first_step_norms(base_model: nn.Module, task, ranks=RANKS, alpha_rule: str = "fixed",
@@ -603,9 +614,11 @@ def lora_first_step_norms(base_model: nn.Module, task, ranks=RANKS, alpha_rule: 
     """The size of LoRA's update after one full-batch Adam step, per rank: ``√(Σ_layers ‖s B₁ A₁‖_F²)``.
 
     Adam's first step moves every entry of ``B`` by ``lr`` (``B₁ = −lr · sign(∂L/∂B)``) whatever the gradient's
-    scale, and ``A`` not at all, so ``‖ΔW₁‖ = s · lr · ‖sign(G Aᵀ) A‖ ∝ s·√r``: it grows like ``√r`` when ``s`` is
-    constant (α = r, α = 2r), falls like ``r^(-1/2)`` under α/r with a fixed α, and is flat under α/√r.
-    Returns (len(ranks),). See notebook 06_rank_and_alpha_explorer.
+    scale, and ``A`` not at all, so ``‖ΔW₁‖ = s · lr · ‖sign(G Aᵀ) A‖ ≈ c · s·√r`` for ``r ≪ in``: it grows like
+    ``√r`` when ``s`` is constant (α = r, α = 2r), falls like ``r^(-1/2)`` under α/r with a fixed α, and is
+    flat under α/√r. Only approximately: the signs ``sign(G a_i)`` line up a little with the overlaps
+    ``a_i · a_j`` of A's rows, which adds a part growing like ``r/√in``, so measured log-log slopes sit
+    slightly above -1/2, 0 and +1/2. Returns (len(ranks),). See notebook 06_rank_and_alpha_explorer.
     """
     ranks = _check_int_list("ranks", ranks)
     lr = _check_positive("lr", lr)

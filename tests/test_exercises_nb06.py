@@ -55,6 +55,12 @@ def test_loglog_slope():
     assert not semilog and "logarithm of the ranks too" in semilog.message
     swapped = nb06.check_loglog_slope(float(np.polyfit(np.log(NORMS), np.log(RANKS), 1)[0]), RANKS, NORMS)
     assert not swapped and "swapped" in swapped.message
+    theory = nb06.check_loglog_slope(-0.5, RANKS, NORMS)
+    assert not theory and "theory value" in theory.message and "off by" in theory.message
+    whole = nb06.check_loglog_slope(np.polyfit(np.log(RANKS), np.log(NORMS), 1), RANKS, NORMS)
+    assert not whole and "whole np.polyfit result" in whole.message and "take [0]" in whole.message
+    assert "the slope you want" in whole.message
+    assert "the slope you want" not in nb06.check_loglog_slope([1.0, 2.0], RANKS, NORMS).message
     wrong = nb06.check_loglog_slope(-1.0, RANKS, NORMS)
     assert not wrong and "expected -0.4" in wrong.message and "off by" in wrong.message
 

@@ -47,6 +47,10 @@ def test_lora_init_a_matches_peft_distribution_and_is_nested():
     assert abs(float(a.std()) - 1 / math.sqrt(3 * 256)) < 0.002  # uniform on [-b, b]: std b/√3
     assert torch.equal(explore.lora_init_A(256, 64, seed=3), a)
     assert not torch.equal(explore.lora_init_A(256, 64, seed=4), a)
+    assert torch.equal(explore.lora_init_A(256, 8, seed=3), a[:8])  # nested: rank 8 is rank 64's first rows
+    generator = torch.Generator().manual_seed(3)
+    assert torch.equal(explore.lora_init_A(256, 64, generator=generator), a)
+    assert not torch.equal(explore.lora_init_A(256, 64, generator=generator), a)  # the generator moved on
 
 
 def test_batch_indices():
@@ -171,19 +175,26 @@ def test_adam_first_step_depends_on_alpha_times_lr_only(mlp, task):
     assert drop[(8, 0.02)] > 1.5 * drop[(4, 0.04)]
 
 
-def test_relative_gap():
-    assert explore.relative_gap([1.0, 2.0, 4.0], [1.0, 2.0, 2.0]) == 1.0
-    assert explore.relative_gap([1.0, 2.0, 4.0], [1.0, 2.0, 2.0], upto=2) == 0.0
-
-
 def test_gradient_norm_at_init_scales_as_s_times_sqrt_r(mlp, task):
     ranks = (1, 2, 4, 8, 16)
     lora = explore.lora_gradient_norms_at_init(mlp, task, ranks, alpha=4, use_rslora=False, seeds=(0, 1, 2))
     rslora = explore.lora_gradient_norms_at_init(mlp, task, ranks, alpha=4, use_rslora=True, seeds=(0, 1, 2))
     # the same seeds draw the same A, so the two rules differ exactly by their scalings' ratio √r
     np.testing.assert_allclose(rslora / lora, np.sqrt(ranks), rtol=1e-5)
+    # the result is the root mean square over seeds
+    one = [explore.lora_gradient_norms_at_init(mlp, task, ranks, alpha=4, seeds=(seed,)) for seed in (0, 1, 2)]
+    np.testing.assert_allclose(lora, np.sqrt(np.mean(np.square(one), axis=0)), rtol=1e-6)
+    assert not np.allclose(one[0], one[1])  # different seeds draw different A's
     assert explore.loglog_slope(ranks, lora) == pytest.approx(-0.5, abs=0.15)
     assert explore.loglog_slope(ranks, rslora) == pytest.approx(0.0, abs=0.15)
+
+
+def test_gradient_norms_at_init_leave_the_global_random_state_alone(mlp, task):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    explore.lora_gradient_norms_at_init(mlp, task, (1, 2), seeds=(0,))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_first_adam_step_norms(mlp, task):
@@ -250,7 +261,8 @@ def test_full_finetuning_delta(mlp, task):
     (lambda: explore.loglog_slope([1], [1]), ValueError, r"x and y must be 1-D of the same length >= 2"),
     (lambda: explore.directions_for_energy(np.eye(3), 0), ValueError, r"fraction must be a number in \(0, 1\]"),
     (lambda: explore.directions_for_energy(np.ones(3), 0.9), ValueError, r"matrix must be a non-empty 2-D"),
-    (lambda: explore.relative_gap([1, 2], [1, 2, 3]), ValueError, r"curve and reference must be 1-D"),
+    (lambda: explore.lora_init_A(8, 4, generator=3), TypeError, r"generator must be a CPU torch.Generator"),
+    (lambda: explore.planted_rank_sweep(d=None), TypeError, r"d must be an int >= 2"),
 ])
 def test_bad_input_raises_with_a_clear_message(call, error, match):
     with pytest.raises(error, match=match):
@@ -271,8 +283,9 @@ def test_bad_input_to_the_model_functions(mlp, task):
         explore.train_lora_batch(layers, positions, task, 2, [1.0], [1e-3], 2, loss="hinge")
     with pytest.raises(ValueError, match="each of learning_rates must be a positive"):
         explore.train_lora_batch(layers, positions, task, 2, [1.0], [-1e-3], 2)
-    with pytest.raises(ValueError, match=r"targets must be a non-empty list of layer positions in \[0, 3\)"):
-        explore.train_lora_batch(layers, [5], task, 2, [1.0], [1e-3], 2)
+    for targets in ([5], None, 0, [], "0"):
+        with pytest.raises(ValueError, match=r"targets must be a non-empty list of layer positions in \[0, 3\)"):
+            explore.train_lora_batch(layers, targets, task, 2, [1.0], [1e-3], 2)
     with pytest.raises(TypeError, match="data must have tensors x_train, y_train, x_val, y_val"):
         explore.train_lora_batch(layers, positions, object(), 2, [1.0], [1e-3], 2)
     with pytest.raises(ValueError, match="alpha_rules=.* is not allowed"):

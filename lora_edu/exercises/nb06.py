@@ -3,7 +3,7 @@
 Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
 returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much, with a hint for the
 usual mistakes (the two scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope
-fitted without logarithms).
+fitted without logarithms, the theory value or the whole np.polyfit result given as the slope).
 """
 from __future__ import annotations
 
@@ -70,6 +70,17 @@ def check_equivalent_lr(answer, alpha: float, lr: float, new_alpha: float, optim
     ])
 
 
+def _is_fit_coefficients(answer) -> bool:
+    """True for a length-2 array of numbers, such as np.polyfit(x, y, 1) itself."""
+    if isinstance(answer, (str, bytes)) or _is_number(answer):
+        return False
+    try:
+        values = np.asarray(answer, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return values.shape == (2,)
+
+
 def check_loglog_slope(answer, ranks, norms) -> CheckResult:
     """Exercise 3: the slope of ``log(norm)`` against ``log(r)`` (least squares): ``norm ∝ r^slope``."""
     name = "Exercise 3"
@@ -77,11 +88,19 @@ def check_loglog_slope(answer, ranks, norms) -> CheckResult:
         return not_answered(name)
     x, y = np.asarray(ranks, dtype=float), np.asarray(norms, dtype=float)
     expected = loglog_slope(x, y)
+    if _is_fit_coefficients(answer):
+        slope = float(np.asarray(answer, dtype=float)[0])
+        verdict = "its first entry is the slope you want" if math.isclose(slope, expected, rel_tol=1e-4) else \
+            "its first entry is the slope"
+        return failed(name, f"that is the whole np.polyfit result [slope, intercept] (shape (2,)); {verdict}: "
+                            f"take [0].")
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="slope")
     linear = float(np.polyfit(x, y, 1)[0])
     semilog = float(np.polyfit(x, np.log(y), 1)[0])
     swapped = float(np.polyfit(np.log(y), np.log(x), 1)[0])
     return _hint(result, answer, [
+        (-0.5, "that is the theory value; fit the measured norms (np.polyfit on their logarithms): the "
+               "exercise asks what the measurement gives."),
         (linear, "that is the slope of the plain numbers; take the logarithm of both the ranks and the norms."),
         (semilog, "take the logarithm of the ranks too (a power law is a line in log-log)."),
         (swapped, "x and y are swapped: fit log(norm) as a function of log(r)."),
