@@ -224,6 +224,15 @@ def load_corpus(name: str) -> TextCorpus:
     return _CORPUS_CACHE[name]
 
 
+def _windows_at(ids: torch.Tensor, starts: torch.Tensor, context: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``ids[s : s+context]`` and next-character targets ``ids[s+1 : s+context+1]`` for each start s."""
+    windows = ids[starts[:, None] + torch.arange(context + 1)[None, :]]
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
 def random_windows(ids: torch.Tensor, batch_size: int, context: int,
                    generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random windows for next-character prediction.
@@ -241,12 +250,7 @@ def random_windows(ids: torch.Tensor, batch_size: int, context: int,
     if len(ids) <= context + 1:
         raise ValueError(f"the text ({len(ids)} ids) is too short for context={context}")
     starts = torch.randint(0, len(ids) - context - 1, (batch_size,), generator=generator)
-    offsets = torch.arange(context + 1)
-    windows = ids[starts[:, None] + offsets[None, :]]
-    x, y = windows[:, :-1], windows[:, 1:]
-    if device is not None:
-        x, y = x.to(device), y.to(device)
-    return x, y
+    return _windows_at(ids, starts, context, device)
 
 
 def evaluation_windows(ids: torch.Tensor, context: int, max_windows: int = 64,
@@ -264,9 +268,4 @@ def evaluation_windows(ids: torch.Tensor, context: int, max_windows: int = 64,
         raise ValueError(f"the text ({len(ids)} ids) is too short for context={context}")
     n = min(max_windows, fits)
     starts = torch.linspace(0, len(ids) - context - 1, n).long()
-    offsets = torch.arange(context + 1)
-    windows = ids[starts[:, None] + offsets[None, :]]
-    x, y = windows[:, :-1], windows[:, 1:]
-    if device is not None:
-        x, y = x.to(device), y.to(device)
-    return x, y
+    return _windows_at(ids, starts, context, device)
