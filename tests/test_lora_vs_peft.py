@@ -169,6 +169,15 @@ def test_peft_default_init_has_the_same_distribution():
     assert abs(a_ours.std().item() - a_theirs.std().item()) < 0.02 * bound
 
 
+def assert_same_factors(ours: nn.Module, peft_model) -> None:
+    """Every LoRA layer of ``ours`` has exactly the A, B and scaling of the same-named layer in ``peft_model``."""
+    for name, layer in lora_layers(ours).items():
+        twin = peft_model.base_model.model.get_submodule(name)
+        assert torch.equal(twin.lora_A["default"].weight, layer.lora_A), name
+        assert torch.equal(twin.lora_B["default"].weight, layer.lora_B), name
+        assert twin.scaling["default"] == layer.scaling, name
+
+
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[6], CASES[7]],
                          ids=[IDS[0], IDS[3], IDS[5], IDS[6], IDS[7]])
 def test_round_trip_ours_to_peft(case, tmp_path):
@@ -182,11 +191,7 @@ def test_round_trip_ours_to_peft(case, tmp_path):
     x = torch.randn(9, d_in, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert record("round trip output", max_diff(ours(x), loaded(x))) <= UNMERGED_TOL
-    for name, layer in lora_layers(ours).items():
-        twin = loaded.base_model.model.get_submodule(name)
-        assert torch.equal(twin.lora_A["default"].weight, layer.lora_A)
-        assert torch.equal(twin.lora_B["default"].weight, layer.lora_B)
-        assert twin.scaling["default"] == layer.scaling
+    assert_same_factors(ours, loaded)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[6], CASES[7]],
@@ -200,11 +205,7 @@ def test_round_trip_peft_to_ours(case, tmp_path):
     x = torch.randn(9, d_in, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert record("round trip output", max_diff(loaded(x), theirs(x))) <= UNMERGED_TOL
-    for name, layer in lora_layers(loaded).items():
-        twin = theirs.base_model.model.get_submodule(name)
-        assert torch.equal(twin.lora_A["default"].weight, layer.lora_A)
-        assert torch.equal(twin.lora_B["default"].weight, layer.lora_B)
-        assert layer.scaling == twin.scaling["default"]
+    assert_same_factors(loaded, theirs)
 
 
 def test_ambiguous_names_are_saved_so_peft_selects_exactly_the_same_layers(tmp_path):
