@@ -5,8 +5,10 @@
 - ``widgets`` (00): sliders that redraw a figure.
 - ``linalg`` (01-02): rank, numerical rank, the SVD, the best rank-r approximation and rank-r factors.
 - ``counting`` (03): parameter, memory and checkpoint counts for one matrix and for published models.
-- ``lora`` (04): the LoRA layer (``LoRALinear``), ``add_lora`` by module name, merge/unmerge, ``lora_state_dict``.
-- ``peft_io`` (04): saving and loading only the adapter in PEFT's format (``save_peft_adapter``, ``load_peft_adapter``).
+- ``lora`` (04, 07): ``LoraConfig``, the LoRA layer (``LoRALinear``), ``add_lora`` by module name, merge/unmerge,
+  ``lora_state_dict``; named adapters (``set_adapter``, ``disable_adapter``, ``delete_adapter``,
+  ``per_example_adapters``) and the variant seam (``LoraVariant``).
+- ``peft_io`` (04, 07): saving and loading only the adapters in PEFT's format and folder layout (``save_peft_adapter``, ``load_peft_adapter``).
 - ``data``, ``models``, ``pretrain``, ``strategies``, ``training``, ``measure`` (05): digits tasks and text corpora,
   the digits MLP and tiny GPT (shipped checkpoint), five fine-tuning strategies (``apply_strategy``), one
   training loop, and exact counts, bytes and timings; ``bench`` (``python -m lora_edu.bench``).
@@ -17,8 +19,10 @@ from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN 
 from . import counting, linalg  # noqa: F401  (notebooks 01-03)
 from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, format_report,
                           get_device, seed_everything, setup)
-from .lora import (LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04
+from .lora import (LoraConfig, LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04
                    unmerge_lora)
+from .lora import (active_adapter, adapter_names, delete_adapter, disable_adapter,  # notebook 07
+                   per_example_adapters, set_adapter)
 from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
 from . import data, measure, models, strategies, training  # noqa: F401  (05; not pretrain, bench: scripts)
 from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05

@@ -7,7 +7,11 @@ Explained in notebook 05_finetuning_strategies_compared. Everything is measured 
    model, for the tiny GPT and the digits MLP (target: ≤ 0.9, lora_edu's layer is simpler);
 2. inference of merged LoRA (``merge_and_unload``) vs the base model (target: ≤ 1.02: the same layers);
 3. inference of unmerged LoRA vs the base model, printed next to the FLOP ratio ``r(d+k)/(dk)``;
-4. inference of serial adapters vs the base model at batch 1 and batch 32.
+4. inference of serial adapters vs the base model at batch 1 and batch 32;
+5. a mixed batch on the tiny GPT (64 sequences of 16 tokens, each with its own task adapter; 1, 8 or 32
+   distinct adapters):
+   lora_edu's gathered path (`lora_edu.per_example_adapters`) vs PEFT's ``adapter_names=`` loop (target at 32
+   adapters: ≤ 0.4) and vs one adapter for the whole batch, unmerged (target: ≤ 1.2).
 
 Sizes: ``--size default`` (the notebook's models; under 2 minutes on 2 CPU cores), ``--size large``
 or ``--large`` (wider and deeper models, for a GPU), ``--size tiny`` (seconds; the test suite's smoke
@@ -29,7 +33,7 @@ from torch import nn
 
 from .data import VOCAB_SIZE
 from .environment import get_device, seed_everything
-from .lora import merge_lora
+from .lora import LoraConfig, add_lora, merge_lora, per_example_adapters
 from .measure import lora_flop_ratio, measure_latencies
 from .models import DigitsMLP, GPTConfig, TinyGPT
 from .strategies import apply_strategy, merge_and_unload
@@ -55,7 +59,10 @@ SIZES = {
     "large": BenchSize(GPTConfig(d_model=512, n_heads=8, n_layers=8, mlp_hidden=2048, context=256), 4096, 8, 64,
                        32, 40, 100),
 }
-TARGETS = {"train step, lora_edu / PEFT": 0.9, "merged LoRA / base": 1.02}
+TARGETS = {"train step, lora_edu / PEFT": 0.9, "merged LoRA / base": 1.02,
+           "mixed batch, 32 adapters, lora_edu / PEFT": 0.4, "mixed batch, 32 adapters, lora_edu / one": 1.2}
+MIXED_ADAPTERS = (1, 8, 32)
+MIXED_BATCH, MIXED_TOKENS = 64, 16
 
 
 def _models(size: BenchSize, device: torch.device) -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]:
@@ -69,10 +76,16 @@ def _models(size: BenchSize, device: torch.device) -> dict[str, tuple[nn.Module,
     return {"tiny GPT": (gpt.eval(), ids[:, :-1], ids[:, 1:]), "digits MLP": (mlp.eval(), x, y)}
 
 
-def _peft_lora(model: nn.Module, r: int, alpha: float, targets) -> nn.Module:
-    from peft import LoraConfig, get_peft_model  # imported only here: it takes seconds
+def _peft_lora(model: nn.Module, r: int, alpha: float, targets, names=("default",)) -> nn.Module:
+    """PEFT's LoRA with one adapter per name (names after the first: random B, as if trained)."""
+    import peft  # imported only here: it takes seconds
 
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0))
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                             init_lora_weights=len(names) == 1)
+    model = peft.get_peft_model(model, config, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, config)
+    return model
 
 
 def _synchronize(device: torch.device) -> None:
@@ -156,8 +169,56 @@ def run(size_name: str = "default", device=None, show=print) -> dict:
         results[name, "FLOP ratio r(d+k)/(dk) of the LoRA layers"] = _model_flop_ratio(base, targets, r)
         first = next(m for n, m in base.named_modules() if isinstance(m, nn.Linear))
         results[name, "FLOP ratio of one layer"] = lora_flop_ratio(r, first.out_features, first.in_features)
+    results.update(time_mixed_batches(size, device))
     results["seconds"] = time.perf_counter() - started
     show(format_results(results))
+    return results
+
+
+class _PeftMixedBatch(nn.Module):
+    """``peft_model(x, adapter_names=names)``: example i through adapter ``names[i]``."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, x):
+        return self.model(x, adapter_names=self.names)
+
+
+def time_mixed_batches(size: BenchSize, device: torch.device) -> dict:
+    """A mixed batch of ``MIXED_BATCH`` sequences of ``MIXED_TOKENS`` tokens (adapters assigned round robin):
+    median forward time of lora_edu's gathered path (inside `per_example_adapters`), of PEFT's per-adapter
+    loop, and of one unmerged adapter for the whole batch, as ratios; and the set-up of
+    `per_example_adapters` (gathering the factors, once per batch composition) over one forward."""
+    seed_everything(2)
+    base = TinyGPT(size.gpt).to(device).eval()
+    x = torch.randint(0, VOCAB_SIZE, (MIXED_BATCH, min(MIXED_TOKENS, size.gpt.context)), device=device)
+    config = LoraConfig(target_modules=list(base.linear_targets), r=size.lora_r, lora_alpha=2 * size.lora_r,
+                        init_lora_weights=False)
+    names = [f"task{i}" for i in range(max(MIXED_ADAPTERS))]
+    ours, single = copy.deepcopy(base), add_lora(copy.deepcopy(base), config).eval()
+    for name in names:
+        add_lora(ours, config, name)
+    theirs = _peft_lora(copy.deepcopy(base), size.lora_r, 2 * size.lora_r, base.linear_targets, names)
+    repeats = max(5, size.inference_repeats // 10)
+    results = {}
+    for n in MIXED_ADAPTERS:
+        per_example = [names[i % n] for i in range(MIXED_BATCH)]
+        with per_example_adapters(ours.eval(), per_example):
+            times = measure_latencies({"ours": ours, "peft": _PeftMixedBatch(theirs, per_example), "one": single},
+                                      x, repeats=repeats, warmup=2)
+        set_up = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with per_example_adapters(ours, per_example):
+                _synchronize(device)
+            set_up.append(time.perf_counter() - start)
+        label = f"mixed batch, {n} adapter{'s' if n > 1 else ''}"
+        results["tiny GPT", f"{label}, lora_edu / PEFT"] = times["ours"] / times["peft"]
+        results["tiny GPT", f"{label}, lora_edu / one"] = times["ours"] / times["one"]
+        results["tiny GPT", f"{label}, PEFT / one"] = times["peft"] / times["one"]
+        results["tiny GPT", f"{label}, set-up / one forward"] = statistics.median(set_up) / times["one"]
     return results
 
 

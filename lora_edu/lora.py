@@ -1,207 +1,323 @@
-"""The LoRA layer, injecting it into a model by module name, and merging it into the frozen weight.
+"""The LoRA layer, its configuration, named adapters on one model, and merging them into the frozen weight.
 
-Explained in notebook 04_lora_from_scratch. The names follow Hugging Face PEFT (`lora_A`, `lora_B`,
-`scaling`, `target_modules`, `merge`, `unmerge`), and the numbers are the same as PEFT's (the tests in
-``tests/test_lora_vs_peft.py`` prove it), so what a learner builds here carries straight over.
+Explained in notebook 04_lora_from_scratch (one adapter) and notebook 07_many_tasks_one_model (several).
+The names follow Hugging Face PEFT (`LoraConfig`, `lora_A`, `lora_B`, `scaling`, `target_modules`,
+`set_adapter`, `disable_adapter`, `delete_adapter`, `merge`, `unmerge`), and the numbers are PEFT's
+(``tests/test_lora_vs_peft.py`` and ``tests/test_adapters_vs_peft.py`` check it), so what a learner builds
+here carries straight over.
 
-For a frozen linear layer ``W0`` of shape ``(out_features, in_features)`` LoRA learns
+For a frozen linear layer ``W0`` of shape ``(out_features, in_features)`` an adapter learns
 
     h = W0 x + scaling * B (A dropout(x)),   A: (r, in_features),  B: (out_features, r),
 
-with ``scaling = alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA). ``B`` starts at zero, so at the start
-``ΔW = scaling * B A = 0`` and the model computes exactly what it computed before.
+with ``scaling = lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` for rsLoRA). ``B`` starts at zero, so at the
+start ``ΔW = scaling * B A = 0`` and the model computes exactly what it computed before.
 
-Every function checks its input before it changes anything: a bad call raises ``TypeError`` or
-``ValueError`` naming the parameter and the allowed values, and leaves the model exactly as it was.
+A layer can hold several adapters by name (``layer.lora_A["default"]``, ``layer.lora_A["rotated"]``); one of
+them is active. How an adapter starts, what its branch adds to the output and what it adds to the weight when
+merged are the three methods of a `LoraVariant` (plain LoRA here; notebook 10 adds others).
+
+Every function checks its input before it changes anything: a bad call raises ``TypeError`` or ``ValueError``
+naming the parameter and the allowed values, and leaves the model exactly as it was.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-import numbers
 import re
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LoRALinear", "add_lora", "merge_lora", "unmerge_lora", "lora_state_dict", "lora_layers",
-           "find_target_modules"]
+from . import _validate
+
+__all__ = ["LoraConfig", "LoraVariant", "LoRALinear", "lora_scaling", "init_lora_A_", "add_lora",
+           "find_target_modules", "lora_layers", "adapter_names", "active_adapter", "set_adapter",
+           "delete_adapter", "disable_adapter", "per_example_adapters", "merge_lora", "unmerge_lora",
+           "lora_state_dict", "BASE"]
+
+BASE = "__base__"  # in per_example_adapters: this example runs the base model alone (PEFT's name)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checking the hyperparameters (shared by LoRALinear, add_lora and the PEFT loader)
-# ----------------------------------------------------------------------------------------------
+# --- The configuration: PEFT's field names, checked once ---
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """The settings of one adapter, with PEFT's field names and defaults (``peft.LoraConfig``).
 
+    - ``r``: the rank (``A`` is ``(r, in)``, ``B`` is ``(out, r)``); ``lora_alpha``: α in the scaling;
+    - ``lora_dropout``: dropout on the LoRA branch's input, in [0, 1);
+    - ``target_modules``: which ``nn.Linear`` layers get the adapter: a list of names (a module matches when its
+      full name equals an entry or ends in ``"." + entry``) or a regular expression matched against the full
+      name. Needed by `add_lora`, not by a single `LoRALinear`;
+    - ``use_rslora``: ``scaling = lora_alpha / sqrt(r)`` instead of ``lora_alpha / r`` (notebook 06);
+    - ``init_lora_weights``: ``True`` (A Kaiming-uniform, B zero: ΔW = 0 at the start), ``"gaussian"``
+      (A normal with std 1/r, B zero) or ``False`` (A and B both random, as a fresh ``nn.Linear``: ΔW ≠ 0; for
+      tests).
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_lora_hyperparameters(r, alpha, dropout=0.0, use_rslora=False) -> None:
-    """Raise TypeError/ValueError (naming the parameter and the allowed values) unless
-    ``r`` is a positive int, ``alpha`` a positive finite number, ``dropout`` in [0, 1) and
-    ``use_rslora`` a bool. See notebook 04_lora_from_scratch."""
-    if not _is_int(r):
-        raise TypeError(f"r must be a positive int (the rank, e.g. 1, 4 or 8), got {type(r).__name__} {r!r}")
-    if r < 1:
-        raise ValueError(f"r must be a positive int (the rank, e.g. 1, 4 or 8), got {r}")
-    if not _is_real(alpha):
-        raise TypeError(f"alpha must be a positive finite number (e.g. 8 or 16.0), "
-                        f"got {type(alpha).__name__} {alpha!r}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive finite number (e.g. 8 or 16.0), got {alpha}")
-    if not _is_real(dropout):
-        raise TypeError(f"dropout must be a number in [0, 1) (0 turns it off), "
-                        f"got {type(dropout).__name__} {dropout!r}")
-    if not (0.0 <= dropout < 1.0):  # also False for NaN
-        raise ValueError(f"dropout must be a number in [0, 1) (0 turns it off), got {dropout}")
-    if not isinstance(use_rslora, bool):
-        raise TypeError(f"use_rslora must be True or False, got {type(use_rslora).__name__} {use_rslora!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# The layer
-# ----------------------------------------------------------------------------------------------
-
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update: ``h = base(x) + scaling · B A dropout(x)``.
-
-    Shapes: ``x`` is ``(..., in_features)``, ``h`` is ``(..., out_features)``;
-    ``lora_A`` is ``(r, in_features)``, ``lora_B`` is ``(out_features, r)`` (PEFT's layout: A maps the
-    input down to r numbers, B maps them up again). ``scaling = alpha / r``, or ``alpha / sqrt(r)`` with
-    ``use_rslora=True`` (rank-stabilised LoRA).
-
-    Initialisation as PEFT's default (``init_lora_weights=True``): ``lora_A`` Kaiming-uniform with
-    ``a = sqrt(5)`` (the bound is ``1 / sqrt(in_features)``, as for a fresh ``nn.Linear``), ``lora_B``
-    zeros, so ``ΔW = scaling · B A = 0`` and the output equals ``base(x)`` at the start. ``lora_A`` is
-    drawn from torch's CPU generator and then moved to the base weight's device and dtype, so a seed
-    gives the same numbers on every device. ``init_weights=False`` leaves both factors at zero (used when
-    loading saved factors; it draws no random numbers).
-
-    Dropout (``nn.Dropout(dropout)``, or ``nn.Identity`` when 0) acts on the LoRA branch's input only;
-    the frozen path always sees the clean ``x``.
-
-    ``merge()`` adds ``ΔW`` into ``base.weight`` (in the weight's dtype), after which the forward pass is
-    ``base(x)`` alone — no extra latency; ``unmerge()`` subtracts it again. Merging a merged layer or
-    unmerging an unmerged one raises ``ValueError`` (it never applies ``ΔW`` twice). Do not train while
-    merged: ``unmerge`` subtracts the *current* ``ΔW``. See notebook 04_lora_from_scratch.
+    Frozen: change a field with ``dataclasses.replace(config, r=16)``, which checks again.
+    See notebook 04_lora_from_scratch.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False, *, init_weights: bool = True):
-        if isinstance(base, LoRALinear):
-            raise ValueError("base already is a LoRALinear: LoRA cannot be added twice to a layer; "
-                             "pass the plain nn.Linear (layer.base) or merge the existing adapter first")
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
-        check_lora_hyperparameters(r, alpha, dropout, use_rslora)
-        if not isinstance(init_weights, bool):
-            raise TypeError(f"init_weights must be True or False, got {type(init_weights).__name__}")
-        super().__init__()
-        self.base = base
-        self.base.requires_grad_(False)
-        self.r = int(r)
-        self.alpha = alpha
-        self.use_rslora = use_rslora
-        self.dropout_p = float(dropout)
-        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-        weight = base.weight
-        lora_A = torch.zeros(self.r, base.in_features, dtype=torch.float32)
-        if init_weights:
-            nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5))  # CPU generator: same numbers on any device
-        self.lora_A = nn.Parameter(lora_A.to(device=weight.device, dtype=weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.r, device=weight.device,
-                                               dtype=weight.dtype))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    use_rslora: bool = False
+    init_lora_weights: bool | str = True
+
+    def __post_init__(self):
+        _validate.integer("r", self.r, 1, hint="(the rank, e.g. 1, 4 or 8)")
+        _validate.positive("lora_alpha", self.lora_alpha, hint="(e.g. 8 or 16.0)")
+        _validate.real("lora_dropout", self.lora_dropout, 0, 1, open_max=True, hint="(0 turns it off)")
+        _validate.boolean("use_rslora", self.use_rslora)
+        if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights == "gaussian"):
+            raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not allowed; allowed values: "
+                             "True (A random, B zero), 'gaussian' (A normal, B zero), False (both random)")
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", _check_target_modules(self.target_modules))
 
     @property
-    def in_features(self) -> int:
-        return self.base.in_features
+    def scaling(self) -> float:
+        return lora_scaling(self.r, self.lora_alpha, self.use_rslora)
 
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
+    @classmethod
+    def from_peft(cls, peft_config) -> "LoraConfig":
+        """The same settings from a ``peft.LoraConfig`` (or its dict), field for field; a PEFT feature this
+        package does not implement (DoRA, bias training, rank_pattern, ...) raises ValueError."""
+        from .peft_io import unsupported_peft_settings
 
-    def delta_weight(self) -> torch.Tensor:
-        """``ΔW = scaling · B A``, shape ``(out_features, in_features)``, in the base weight's dtype.
-
-        Computed in at least float32 (half-precision factors are promoted, then the result is cast back)."""
-        weight = self.base.weight
-        compute = torch.promote_types(weight.dtype, torch.float32)
-        delta = (self.lora_B.to(compute) @ self.lora_A.to(compute)) * self.scaling
-        return delta.to(weight.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., in_features) -> (..., out_features)``: ``base(x) + scaling · (dropout(x) Aᵀ) Bᵀ``,
-        or ``base(x)`` alone while merged."""
-        result = self.base(x)
-        if self.merged:
-            return result
-        # Same order of operations as PEFT (B(A(dropout(x))) * scaling), so the results agree to the bit.
-        return result + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> "LoRALinear":
-        """``W0 ← W0 + ΔW``; afterwards the forward pass is the plain linear layer. Raises ValueError if
-        already merged."""
-        if self.merged:
-            raise ValueError("this LoRALinear is already merged (merged=True); merging again would add ΔW "
-                             "a second time. Call unmerge() first, or leave it merged")
-        self.base.weight.add_(self.delta_weight())
-        self.merged = True
-        return self
-
-    @torch.no_grad()
-    def unmerge(self) -> "LoRALinear":
-        """``W0 ← W0 - ΔW``, restoring the frozen weight (up to rounding). Raises ValueError if not merged."""
-        if not self.merged:
-            raise ValueError("this LoRALinear is not merged (merged=False); unmerging would subtract ΔW "
-                             "from the frozen weight. Call merge() first")
-        self.base.weight.sub_(self.delta_weight())
-        self.merged = False
-        return self
-
-    def extra_repr(self) -> str:
-        rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
-        return (f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g} ({rule}), "
-                f"dropout={self.dropout_p}, merged={self.merged}")
+        values = peft_config if isinstance(peft_config, dict) else vars(peft_config)
+        unsupported = unsupported_peft_settings(values)
+        if unsupported:
+            raise ValueError(f"this PEFT config sets {unsupported}, which lora_edu does not implement")
+        fields = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+        if isinstance(fields.get("target_modules"), (set, frozenset)):
+            fields["target_modules"] = sorted(fields["target_modules"])
+        return cls(**fields)
 
 
-# ----------------------------------------------------------------------------------------------
-# Injecting LoRA into a model by module name (PEFT's target_modules rules)
-# ----------------------------------------------------------------------------------------------
-
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-
-def _check_target_modules(target_modules) -> None:
+def _check_target_modules(target_modules):
+    message = ("target_modules must not be empty: give a list of module names (e.g. ['q', 'v']) or a "
+               "regular expression matched against full names")
     if isinstance(target_modules, str):
         if not target_modules:
-            raise ValueError("target_modules must not be empty: give a list of module names "
-                             "(e.g. ['q', 'v']) or a regular expression matched against full names")
+            raise ValueError(message)
         try:
             re.compile(target_modules)
         except re.error as exc:
             raise ValueError(f"target_modules={target_modules!r} is not a valid regular expression: {exc}") from None
-        return
+        return target_modules
     if not isinstance(target_modules, (list, tuple, set, frozenset)):
         raise TypeError("target_modules must be a list of module names or a regular expression (str), "
                         f"got {type(target_modules).__name__}")
     if len(target_modules) == 0:
-        raise ValueError("target_modules must not be empty: give a list of module names "
-                         "(e.g. ['q', 'v']) or a regular expression matched against full names")
+        raise ValueError(message)
     for item in target_modules:
         if not isinstance(item, str) or not item:
             raise TypeError("every entry of target_modules must be a non-empty str (a module name or a "
                             f"dotted suffix of one), got {item!r}")
+    return list(target_modules) if isinstance(target_modules, (list, tuple)) else sorted(target_modules)
 
+
+def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
+    """The factor LoRA multiplies ``B A x`` by: ``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` with rsLoRA.
+    The one place the package computes it. See notebooks 04_lora_from_scratch and 06_rank_and_alpha_explorer."""
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+
+def init_lora_A_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PEFT's default start for ``A`` (r, in), in place: Kaiming-uniform with ``a = √5``, i.e. uniform on
+    ``[-1/√in, 1/√in]``, like a fresh ``nn.Linear``'s weight. Draws from ``generator`` (a CPU generator) or
+    from torch's global CPU generator. The one place the package draws ``A``. See notebook 04_lora_from_scratch."""
+    return nn.init.kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator)
+
+
+# --- The variant seam: how an adapter starts, what its branch adds, what it merges ---
+
+class LoraVariant:
+    """Plain LoRA. A variant (DoRA, PiSSA, a quantized base: notebook 10) subclasses this and overrides
+    what differs; `LoRALinear` calls these three methods and nothing else about the math."""
+
+    def init(self, layer: "LoRALinear", name: str, config: LoraConfig) -> None:
+        """Fill ``layer.lora_A[name]`` (r, in) and ``layer.lora_B[name]`` (out, r). Random numbers come from
+        torch's CPU generator and are then moved, so a seed gives the same factors on every device."""
+        a = torch.zeros(config.r, layer.in_features)
+        b = torch.zeros(layer.out_features, config.r)
+        if config.init_lora_weights is True:
+            init_lora_A_(a)
+        elif config.init_lora_weights == "gaussian":
+            nn.init.normal_(a, std=1 / config.r)
+        else:  # False: both random, as nn.Linear starts them (ΔW ≠ 0)
+            init_lora_A_(a)
+            init_lora_A_(b)
+        with torch.no_grad():
+            layer.lora_A[name].copy_(a)
+            layer.lora_B[name].copy_(b)
+
+    def forward(self, layer: "LoRALinear", name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result + scaling · B (A dropout(x))``; ``result`` is ``base(x)``. PEFT's order of operations, so
+        the numbers agree to the bit."""
+        branch = F.linear(F.linear(layer.lora_dropout[name](x), layer.lora_A[name]), layer.lora_B[name])
+        return result + branch * layer.scaling[name]
+
+    def delta_weight(self, layer: "LoRALinear", name: str) -> torch.Tensor:
+        """``ΔW = scaling · B A`` (out, in), what merging adds to the frozen weight."""
+        weight = layer.base.weight
+        compute = torch.promote_types(weight.dtype, torch.float32)  # half-precision factors: multiply in fp32
+        b, a = layer.lora_B[name].to(compute), layer.lora_A[name].to(compute)
+        return ((b @ a) * layer.scaling[name]).to(weight.dtype)
+
+
+def variant_for(config: LoraConfig) -> LoraVariant:
+    """The variant a config asks for (plain LoRA until notebook 10 adds others)."""
+    return LoraVariant()
+
+
+# --- The layer ---
+
+class AdapterFactors(nn.ParameterDict):
+    """One factor per adapter name (``lora_A`` or ``lora_B``), printed as shapes, the same on every device."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}: {tuple(p.shape)}" for name, p in self.items())
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus named low-rank adapters: ``h = base(x) + scaling · B A dropout(x)`` for
+    the active adapter.
+
+    Shapes: ``x`` is ``(..., in_features)``, ``h`` is ``(..., out_features)``; per adapter ``name``,
+    ``lora_A[name]`` is ``(r, in_features)`` and ``lora_B[name]`` is ``(out_features, r)`` (PEFT's layout: A
+    maps the input down to r numbers, B maps them up again; PEFT keeps each in an ``nn.Linear``, so there it is
+    ``lora_A[name].weight``). ``scaling[name] = lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA), ``r[name]``,
+    ``lora_alpha[name]`` and ``lora_dropout[name]`` as in PEFT. ``LoRALinear(base, config)`` adds the first
+    adapter, named ``adapter_name``; `add_adapter` adds more.
+
+    ``active_adapter``: the adapter the forward pass uses (None: none). ``merge()`` adds the active adapter's
+    ``ΔW`` into ``base.weight``; a merged adapter's branch is then skipped (no extra latency); ``unmerge()``
+    subtracts every merged ``ΔW`` again. Merging twice raises ValueError. Do not train while merged: unmerge
+    subtracts the *current* ΔW. See notebook 04_lora_from_scratch.
+    """
+
+    def __init__(self, base: nn.Linear, config: LoraConfig | None = None, adapter_name: str = "default", *,
+                 draw: bool = True):
+        if isinstance(base, LoRALinear):
+            raise ValueError("base already is a LoRALinear: add another adapter with layer.add_adapter(name, "
+                             "config), or pass the plain nn.Linear (layer.base)")
+        _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
+        config = LoraConfig() if config is None else _validate.instance("config", config, LoraConfig,
+                                                                         "a lora_edu.LoraConfig")
+        _check_new_name(adapter_name, [])
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_A, self.lora_B = AdapterFactors(), AdapterFactors()
+        self.lora_dropout = nn.ModuleDict()
+        self.r, self.lora_alpha, self.scaling = {}, {}, {}
+        self.lora_config: dict[str, LoraConfig] = {}
+        self.lora_variant: dict[str, LoraVariant] = {}
+        self.active_adapter: str | None = adapter_name
+        self.merged_adapters: list[str] = []
+        self.disable_adapters = False
+        self._per_example = None  # inside per_example_adapters: (A, scaling · B) per example
+        self.add_adapter(adapter_name, config, draw=draw)
+
+    in_features = property(lambda self: self.base.in_features)
+    out_features = property(lambda self: self.base.out_features)
+    merged = property(lambda self: bool(self.merged_adapters), doc="True while any adapter is merged.")
+
+    def add_adapter(self, name: str, config: LoraConfig, *, draw: bool = True) -> None:
+        """Add adapter ``name`` with ``config`` (frozen; `set_adapter` makes it active and trainable).
+        ``draw=False`` leaves both factors at zero and draws no random numbers (used when loading them)."""
+        _check_new_name(name, list(self.lora_A))
+        weight = self.base.weight
+        make = lambda *shape: nn.Parameter(torch.zeros(*shape, device=weight.device, dtype=weight.dtype),
+                                           requires_grad=False)
+        self.lora_A[name], self.lora_B[name] = make(config.r, self.in_features), make(self.out_features, config.r)
+        self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.r[name], self.lora_alpha[name], self.scaling[name] = config.r, config.lora_alpha, config.scaling
+        self.lora_config[name], self.lora_variant[name] = config, variant_for(config)
+        if draw:
+            self.lora_variant[name].init(self, name, config)
+
+    def remove_adapter(self, name: str) -> None:
+        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.r, self.lora_alpha, self.scaling,
+                      self.lora_config, self.lora_variant):
+            del store[name]
+
+    def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
+        """``ΔW`` (out, in) of an adapter (default: the active one), in the base weight's dtype."""
+        name = self.active_adapter if adapter_name is None else adapter_name
+        return self.lora_variant[name].delta_weight(self, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``: ``base(x)`` plus the active adapter's branch, unless
+        adapters are disabled, the active one is merged (then it is inside ``base``) or this layer lacks it."""
+        result = self.base(x)
+        if self._per_example is not None:
+            return result + self._per_example_branch(x)
+        name = self.active_adapter
+        if self.disable_adapters or name not in self.lora_A or name in self.merged_adapters:
+            return result
+        return self.lora_variant[name].forward(self, name, x, result)
+
+    def _per_example_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """Each example's own adapter in two gathered products: ``x`` (batch, ..., in) → (batch, ..., out),
+        with ``a`` (batch, r_max, in) and ``b`` (batch, out, r_max) example i's ``A`` and ``scaling · B``."""
+        a, b = self._per_example
+        if x.shape[0] != a.shape[0]:
+            raise ValueError(f"per_example_adapters got {a.shape[0]} adapter names but the batch has "
+                             f"{x.shape[0]} examples; give one name per example")
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])                          # (batch, tokens, in)
+        up = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))  # (batch, tokens, out)
+        return up.reshape(*x.shape[:-1], self.out_features)
+
+    @torch.no_grad()
+    def merge(self, adapter_name: str | None = None) -> "LoRALinear":
+        """``W0 ← W0 + ΔW`` of an adapter (default: the active one). ValueError if it is merged already."""
+        name = self.active_adapter if adapter_name is None else adapter_name
+        if name in self.merged_adapters:
+            raise ValueError(f"adapter {name!r} of this LoRALinear is already merged; merging again would add "
+                             "ΔW a second time. Call unmerge() first, or leave it merged")
+        self.base.weight.add_(self.delta_weight(name))
+        self.merged_adapters.append(name)
+        return self
+
+    @torch.no_grad()
+    def unmerge(self) -> "LoRALinear":
+        """``W0 ← W0 - ΔW`` for every merged adapter (last merged first). ValueError if none is merged."""
+        if not self.merged_adapters:
+            raise ValueError("this LoRALinear is not merged (merged=False); unmerging would subtract ΔW "
+                             "from the frozen weight. Call merge() first")
+        while self.merged_adapters:
+            self.base.weight.sub_(self.delta_weight(self.merged_adapters.pop()))
+        return self
+
+    def extra_repr(self) -> str:
+        adapters = "; ".join(
+            f"{n}: r={c.r}, lora_alpha={c.lora_alpha}, scaling={self.scaling[n]:.4g} "
+            f"({'alpha/sqrt(r)' if c.use_rslora else 'alpha/r'}), dropout={c.lora_dropout}"
+            for n, c in self.lora_config.items())
+        return f"{adapters}; active={self.active_adapter!r}, merged={self.merged_adapters}"
+
+
+def _check_new_name(name, existing) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"adapter_name must be a non-empty str, got {type(name).__name__} {name!r}")
+    if name == BASE:
+        raise ValueError(f"adapter_name={BASE!r} is reserved: in per_example_adapters it means 'the base "
+                         "model alone'; pick another name")
+    if "." in name:
+        raise ValueError(f"adapter_name={name!r} must not contain '.' (it becomes part of parameter names)")
+    if name in existing:
+        raise ValueError(f"adapter_name={name!r} exists already (adapters: {sorted(existing)}); pick a new "
+                         f"name or delete_adapter(model, {name!r}) first")
+    return name
+
+
+# --- Finding the layers by name (PEFT's target_modules rules) ---
 
 def target_matches(name: str, target_modules) -> bool:
     """PEFT's rule: a str is a full regular-expression match on the full module name; a list matches a
@@ -211,37 +327,33 @@ def target_matches(name: str, target_modules) -> bool:
     return name in target_modules or any(name.endswith("." + t) for t in target_modules)
 
 
-def _lora_owned_names(model: nn.Module) -> dict[str, str]:
-    """Map every module name at or inside a LoRALinear to that LoRALinear's name."""
-    owners = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            for sub_name, _ in module.named_modules(prefix=name):
-                owners[sub_name] = name
-    return owners
-
-
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """Every ``LoRALinear`` in ``model`` by its full module name, in module order."""
-    _check_model(model)
+    _validate.module("model", model)
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def _inside_lora(model: nn.Module) -> set[str]:
+    """The names of the modules inside a LoRALinear (its base, its dropouts), not the LoRALinear itself."""
+    inside = set()
+    for name, layer in lora_layers(model).items():
+        inside.update(sub for sub, _ in layer.named_modules(prefix=name) if sub != name)
+    return inside
+
+
 def find_target_modules(model: nn.Module, target_modules) -> list[str]:
-    """The full names of the modules that ``target_modules`` selects (PEFT's matching rules), checked:
-    raises ValueError when nothing matches (listing the linear layers that exist) or a match already
-    carries LoRA, and TypeError when a match is not an ``nn.Linear``. Changes nothing.
-    See notebook 04_lora_from_scratch."""
-    _check_model(model)
-    _check_target_modules(target_modules)
-    owners = _lora_owned_names(model)
-    matched, already, not_linear = [], [], []
+    """The full names of the layers ``target_modules`` selects (PEFT's matching rules): plain ``nn.Linear``
+    layers and layers that already are a `LoRALinear` (they get one more adapter). Raises ValueError when
+    nothing matches (listing the linear layers that exist) and TypeError when a match is not a linear
+    layer. Changes nothing. See notebook 04_lora_from_scratch."""
+    _validate.module("model", model)
+    target_modules = _check_target_modules(target_modules)
+    inside = _inside_lora(model)
+    matched, not_linear = [], []
     for name, module in model.named_modules():
-        if name == "" or not target_matches(name, target_modules):
+        if name == "" or name in inside or not target_matches(name, target_modules):
             continue
-        if name in owners:
-            already.append(f"{name!r} (inside LoRA layer {owners[name]!r})" if owners[name] != name else repr(name))
-        elif not isinstance(module, nn.Linear):
+        if not isinstance(module, (nn.Linear, LoRALinear)):
             not_linear.append(f"{name!r} ({type(module).__name__})")
         elif isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
             # MultiheadAttention reads out_proj.weight directly instead of calling out_proj(x):
@@ -250,117 +362,242 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
                               "weight directly)")
         else:
             matched.append(name)
-    if already:
-        raise ValueError(f"LoRA cannot be added twice to a layer: target_modules={target_modules!r} matches "
-                         f"{', '.join(already)}, which already has LoRA. Merge or remove it first, or target "
-                         "other layers")
     if not_linear:
         raise TypeError(f"target_modules={target_modules!r} matches {', '.join(not_linear)}: LoRALinear wraps "
                         f"only torch.nn.Linear layers. Linear layers in this model: {_linear_names(model)}")
     if not matched:
-        if isinstance(model, nn.Linear):
-            hint = " (the model itself is an nn.Linear: wrap it directly with LoRALinear(model, r, alpha))"
-        else:
-            hint = ""
+        hint = (" (the model itself is an nn.Linear: wrap it directly with LoRALinear(model, config))"
+                if isinstance(model, nn.Linear) else "")
+        names = [n for n, _ in model.named_modules() if n]
+        shown = ", ".join(names[:40]) + (f", ... ({len(names) - 40} more)" if len(names) > 40 else "")
         raise ValueError(f"target_modules={target_modules!r} matches no module of this model{hint}. "
                          f"Linear layers in this model: {_linear_names(model)}; all modules: "
-                         f"{_all_names(model)}")
+                         f"{shown or '(none: the model has no submodules)'}")
     return matched
 
 
 def _linear_names(model: nn.Module) -> str:
-    names = [n for n, m in model.named_modules() if n and isinstance(m, nn.Linear)]
+    inside = _inside_lora(model)
+    names = [n for n, m in model.named_modules() if n and n not in inside and isinstance(m, (nn.Linear, LoRALinear))]
     return ", ".join(names) if names else "(none)"
 
 
-def _all_names(model: nn.Module, limit: int = 40) -> str:
-    names = [n for n, _ in model.named_modules() if n]
-    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-    return shown or "(none: the model has no submodules)"
+# --- Adapters on a model ---
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """The names of the adapters in ``model``, in the order they were added."""
+    names = {}
+    for layer in lora_layers(model).values():
+        names.update(dict.fromkeys(layer.lora_A))
+    return list(names)
 
 
-def _replace_with_lora(model: nn.Module, names: Iterable[str], r: int, alpha: float, dropout: float,
-                       use_rslora: bool, init_weights: bool = True) -> dict[str, LoRALinear]:
-    """Replace each (already checked) ``nn.Linear`` named in ``names`` by a LoRALinear; freeze the rest."""
-    added = {}
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = LoRALinear(getattr(parent, child), r, alpha, dropout, use_rslora, init_weights=init_weights)
-        setattr(parent, child, layer)
-        added[name] = layer
-    lora_params = {id(p) for layer in lora_layers(model).values() for p in (layer.lora_A, layer.lora_B)}
-    for param in model.parameters():
-        param.requires_grad_(id(param) in lora_params)
-    return added
+def active_adapter(model: nn.Module) -> str | None:
+    """The adapter the model's forward pass uses (None when it has no LoRA layers)."""
+    layers = list(lora_layers(model).values())
+    return layers[0].active_adapter if layers else None
 
 
-def add_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout: float = 0.0,
-             use_rslora: bool = False) -> nn.Module:
-    """Replace every ``nn.Linear`` that ``target_modules`` selects by a ``LoRALinear``, in place, and
-    freeze every parameter that is not a LoRA factor. Returns the same ``model``.
-
-    ``target_modules`` follows PEFT: a list of names, each matching a module whose full name equals it
-    or ends in ``"." + name`` (``["q"]`` selects ``blocks.0.attn.q`` and ``blocks.1.attn.q``); a str is
-    a regular expression that must match the full name (``r"blocks\\.0\\..*"``). Each selected layer
-    ``(out, in)`` gains ``lora_A (r, in)`` and ``lora_B (out, r)``: ``r (in + out)`` trainable numbers.
-
-    Everything is checked before anything changes; a bad call raises TypeError/ValueError and leaves the
-    model exactly as it was. See notebook 04_lora_from_scratch.
-    """
-    _check_model(model)
-    check_lora_hyperparameters(r, alpha, dropout, use_rslora)
-    names = find_target_modules(model, target_modules)
-    _replace_with_lora(model, names, r, alpha, dropout, use_rslora)
-    return model
-
-
-def _require_lora_layers(model: nn.Module, action: str) -> dict[str, LoRALinear]:
+def _require_adapter(model: nn.Module, name, action: str) -> dict[str, LoRALinear]:
     layers = lora_layers(model)
     if not layers:
-        raise ValueError(f"model has no LoRA layers to {action}: add them first with "
-                         "add_lora(model, target_modules, r, alpha) or load_peft_adapter(model, directory)")
+        raise ValueError(f"model has no LoRA layers to {action}: add them first with add_lora(model, config) "
+                         "or load_peft_adapter(model, folder)")
+    known = adapter_names(model)
+    if not isinstance(name, str):
+        raise TypeError(f"adapter_name must be a str, one of {known}, got {type(name).__name__} {name!r}")
+    if name not in known:
+        raise ValueError(f"adapter_name={name!r} is not an adapter of this model; adapters: {known}")
     return layers
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer: ``W0 ← W0 + scaling · B A`` for each; the model then runs at the speed of
-    the plain model. Raises ValueError (changing nothing) if the model has no LoRA layers or any is
-    already merged. Returns the model. See notebook 04_lora_from_scratch."""
-    _check_model(model)
-    layers = _require_lora_layers(model, "merge")
-    merged = [name for name, layer in layers.items() if layer.merged]
+def _set_trainable(model: nn.Module) -> None:
+    """Only the active adapter's factors train; every other parameter (base, other adapters) is frozen."""
+    trainable = {id(p) for layer in lora_layers(model).values() if layer.active_adapter in layer.lora_A
+                 for p in (layer.lora_A[layer.active_adapter], layer.lora_B[layer.active_adapter])}
+    for param in model.parameters():
+        param.requires_grad_(id(param) in trainable)
+
+
+def _add_adapter_layers(model: nn.Module, names, config: LoraConfig, adapter_name: str,
+                        draw: bool = True) -> dict[str, LoRALinear]:
+    """Give every (already checked) layer in ``names`` the adapter; a plain Linear becomes a LoRALinear."""
+    active = active_adapter(model) or adapter_name
+    added = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent, layer = model.get_submodule(parent_name), model.get_submodule(name)
+        if isinstance(layer, LoRALinear):
+            layer.add_adapter(adapter_name, config, draw=draw)
+        else:
+            layer = LoRALinear(layer, config, adapter_name, draw=draw)
+            layer.active_adapter = active
+            setattr(parent, child, layer)
+        added[name] = layer
+    _set_trainable(model)
+    return added
+
+
+def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> nn.Module:
+    """Give every layer ``config.target_modules`` selects the adapter ``adapter_name``, in place; returns the
+    same ``model``. A plain ``nn.Linear (out, in)`` becomes a `LoRALinear`; one that already is gets one more
+    adapter. Each gains ``lora_A (r, in)`` and ``lora_B (out, r)``: ``r (in + out)`` numbers.
+
+    The first adapter of a model becomes active and trainable, and every other parameter is frozen; a later
+    adapter is added frozen and inactive, as in PEFT (`set_adapter` switches). ``target_modules`` follows
+    PEFT: a list of names, each matching a module whose full name equals it or ends in ``"." + name``
+    (``["q"]`` selects ``blocks.0.attn.q`` and ``blocks.1.attn.q``); a str is a regular expression that must
+    match the full name. Everything is checked before anything changes; a bad call raises TypeError/ValueError
+    and leaves the model exactly as it was. See notebook 04_lora_from_scratch.
+    """
+    _validate.module("model", model)
+    _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig (LoraConfig(target_modules=[...], "
+                       "r=..., lora_alpha=...))")
+    if config.target_modules is None:
+        raise ValueError("config.target_modules is None: name the layers that get LoRA, e.g. "
+                         f"LoraConfig(target_modules=['q', 'v'], ...). Linear layers in this model: "
+                         f"{_linear_names(model)}")
+    _check_new_name(adapter_name, adapter_names(model))
+    if any(layer.merged for layer in lora_layers(model).values()):
+        raise ValueError("model has merged adapters: unmerge_lora(model) before adding another adapter")
+    names = find_target_modules(model, config.target_modules)
+    _add_adapter_layers(model, names, config, adapter_name)
+    return model
+
+
+def set_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
+    """Make ``adapter_name`` the active adapter of every LoRA layer: the forward pass uses it and only its
+    factors are trainable (the others are frozen, as in PEFT's ``set_adapter``). Layers without it run
+    their base alone. Refused while an adapter is merged. See notebook 07_many_tasks_one_model."""
+    layers = _require_adapter(model, adapter_name, "switch")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("model has merged adapters: unmerge_lora(model) before switching the active adapter")
+    for layer in layers.values():
+        layer.active_adapter = adapter_name
+    _set_trainable(model)
+    return model
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
+    """Remove ``adapter_name`` from every layer; a layer left with no adapter becomes its plain ``nn.Linear``
+    again. The active adapter and a merged one cannot be deleted (ValueError: `set_adapter` to another, or
+    `unmerge_lora`, first). See notebook 07_many_tasks_one_model."""
+    layers = _require_adapter(model, adapter_name, "delete")
+    if active_adapter(model) == adapter_name:
+        raise ValueError(f"adapter_name={adapter_name!r} is the active adapter: set_adapter(model, other) first "
+                         f"(adapters: {adapter_names(model)})")
+    if any(adapter_name in layer.merged_adapters for layer in layers.values()):
+        raise ValueError(f"adapter {adapter_name!r} is merged into the weights: unmerge_lora(model) first")
+    for name, layer in layers.items():
+        if adapter_name in layer.lora_A:
+            layer.remove_adapter(adapter_name)
+            if not layer.lora_A:
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, layer.base)
+    return model
+
+
+@contextlib.contextmanager
+def disable_adapter(model: nn.Module):
+    """``with disable_adapter(model):`` the model runs its frozen base alone (PEFT's ``disable_adapter``).
+    Refused while an adapter is merged (its ΔW is inside the weights). See notebook 07_many_tasks_one_model."""
+    layers = lora_layers(model)
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("model has merged adapters, whose ΔW is inside the base weights: unmerge_lora(model) "
+                         "first")
+    for layer in layers.values():
+        layer.disable_adapters = True
+    try:
+        yield model
+    finally:
+        for layer in layers.values():
+            layer.disable_adapters = False
+
+
+@contextlib.contextmanager
+def per_example_adapters(model: nn.Module, names):
+    """``with per_example_adapters(model, names): model(x)`` runs example ``i`` of the batch through adapter
+    ``names[i]`` (``"__base__"``: the base model alone), as PEFT's ``model(x, adapter_names=names)``.
+
+    Each layer computes ``base(x) + s_k B_k A_k x`` for all examples in two batched products (``torch.bmm``
+    over the factors gathered per example once, on entry; ranks padded with zeros): one pass, not a loop over
+    adapters (the idea of Punica's SGMV and S-LoRA). Evaluation only: refused while the model is training or an
+    adapter is merged; an unknown name or a batch of another length raises ValueError.
+    See notebook 07_many_tasks_one_model.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model has no LoRA layers: add adapters first with add_lora(model, config)")
+    names = list(_validate.sequence("names", names, what="adapter names, one per example"))
+    known = adapter_names(model)
+    unknown = sorted({n for n in names if n != BASE and n not in known}, key=str)
+    if unknown:
+        raise ValueError(f"names holds {unknown}, which are not adapters of this model; allowed values: "
+                         f"{known + [BASE]}")
+    if model.training or any(layer.training for layer in layers.values()):
+        raise ValueError("per_example_adapters is for inference: call model.eval() first (dropout and "
+                         "training would mix the examples' adapters)")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("model has merged adapters: unmerge_lora(model) before a mixed batch")
+    if any(layer._per_example is not None for layer in layers.values()):
+        raise ValueError("per_example_adapters is already active on this model; do not nest it")
+    slots = list(dict.fromkeys(names))  # the distinct names of this batch
+    indices = torch.tensor([slots.index(n) for n in names])
+    with torch.no_grad():
+        for layer in layers.values():
+            weight = layer.base.weight
+            r_max = max(layer.r.values())
+            a = torch.zeros(len(slots), r_max, layer.in_features, device=weight.device, dtype=weight.dtype)
+            b = torch.zeros(len(slots), layer.out_features, r_max, device=weight.device, dtype=weight.dtype)
+            for k, name in enumerate(slots):
+                if name in layer.lora_A:  # "__base__", or an adapter this layer lacks: zeros
+                    r = layer.r[name]
+                    a[k, :r], b[k, :, :r] = layer.lora_A[name], layer.lora_B[name] * layer.scaling[name]
+            index = indices.to(weight.device)
+            layer._per_example = (a[index], b[index])
+    try:
+        yield model
+    finally:
+        for layer in layers.values():
+            layer._per_example = None
+
+
+def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
+    """Merge an adapter (default: the active one) into every layer that has it: ``W0 ← W0 + scaling · B A``;
+    the merged model then runs at the speed of the plain model. Raises ValueError (changing nothing) if the
+    model has no LoRA layers, the adapter is unknown or already merged. See notebook 04_lora_from_scratch."""
+    name = active_adapter(model) if adapter_name is None and lora_layers(model) else adapter_name
+    layers = _require_adapter(model, name, "merge")
+    merged = [n for n, layer in layers.items() if name in layer.merged_adapters]
     if merged:
         raise ValueError(f"LoRA layers {merged} are already merged; merging again would add ΔW a second "
                          "time. Call unmerge_lora(model) first")
     for layer in layers.values():
-        layer.merge()
+        if name in layer.lora_A:
+            layer.merge(name)
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Undo `merge_lora`: ``W0 ← W0 - scaling · B A`` for each LoRA layer. Raises ValueError (changing
-    nothing) if the model has no LoRA layers or any is not merged. Returns the model.
-    See notebook 04_lora_from_scratch."""
-    _check_model(model)
-    layers = _require_lora_layers(model, "unmerge")
-    unmerged = [name for name, layer in layers.items() if not layer.merged]
-    if unmerged:
-        raise ValueError(f"LoRA layers {unmerged} are not merged; unmerging would subtract ΔW from the "
+    """Undo `merge_lora`: ``W0 ← W0 - scaling · B A`` for every merged adapter. Raises ValueError (changing
+    nothing) if the model has no LoRA layers or none is merged. See notebook 04_lora_from_scratch."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model has no LoRA layers to unmerge: add them first with add_lora(model, config)")
+    if not any(layer.merged for layer in layers.values()):
+        raise ValueError(f"LoRA layers {list(layers)} are not merged; unmerging would subtract ΔW from the "
                          "frozen weights. Call merge_lora(model) first")
     for layer in layers.values():
-        layer.unmerge()
+        if layer.merged:
+            layer.unmerge()
     return model
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA factors, keyed as in ``model.state_dict()``: ``"<module>.lora_A"`` ``(r, in)`` and
-    ``"<module>.lora_B"`` ``(out, r)``. Load them back with ``model.load_state_dict(sd, strict=False)``.
-    Raises ValueError if the model has no LoRA layers. See notebook 04_lora_from_scratch."""
-    _check_model(model)
-    layers = _require_lora_layers(model, "save")
-    state = {}
-    for name, layer in layers.items():
-        state[f"{name}.lora_A"] = layer.lora_A.detach()
-        state[f"{name}.lora_B"] = layer.lora_B.detach()
-    return state
+def lora_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """Only one adapter's factors (default: the active one), keyed as in ``model.state_dict()``:
+    ``"<module>.lora_A.<adapter>"`` ``(r, in)`` and ``"<module>.lora_B.<adapter>"`` ``(out, r)``. Load them back
+    with ``model.load_state_dict(sd, strict=False)``. See notebook 04_lora_from_scratch."""
+    name = active_adapter(model) if adapter_name is None and lora_layers(model) else adapter_name
+    layers = _require_adapter(model, name, "save")
+    return {f"{module}.lora_{f}.{name}": getattr(layer, f"lora_{f}")[name].detach()
+            for module, layer in layers.items() if name in layer.lora_A for f in "AB"}

@@ -23,6 +23,7 @@ suffixes, or a regular expression matched against full names).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import LoRALinear, add_lora, check_lora_hyperparameters, target_matches
+from .lora import LoRALinear, LoraConfig, add_lora, target_matches
 
 STRATEGIES = ("full", "dense_delta", "adapters", "lora", "head_only", "bias_only")
 MERGEABLE = ("dense_delta", "lora")
@@ -187,7 +188,7 @@ def _check_config(name: str, config: dict) -> dict:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
             raise ValueError(f"init_scale must be a finite number >= 0, got {scale!r}")
     if name == "lora":
-        check_lora_hyperparameters(merged["r"], merged["alpha"], merged["dropout"])
+        merged["config"] = LoraConfig(r=merged["r"], lora_alpha=merged["alpha"], lora_dropout=merged["dropout"])
     return merged
 
 
@@ -234,7 +235,7 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
         # Resolve here so a typo is reported as targets=... (this function's parameter), not as
         # add_lora's target_modules=...; add_lora then gets exactly the layers found.
         names = _resolve_targets(model, options["targets"], "linear_targets", nn.Linear)
-        add_lora(model, names, options["r"], options["alpha"], options["dropout"])
+        add_lora(model, dataclasses.replace(options["config"], target_modules=names))
     elif name == "head_only":
         head = options["head"] or getattr(model, "head_name", None)
         if not isinstance(head, str) or not isinstance(dict(model.named_modules()).get(head), nn.Module):

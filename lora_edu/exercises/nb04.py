@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered
-from ..lora import LoRALinear, add_lora
+from ..lora import LoraConfig, LoRALinear, add_lora
 
 
 def _as_numpy(value):
@@ -79,13 +79,14 @@ def _lora_parts(layer: LoRALinear):
     ``W0 + ΔW``, so ``ΔW`` is subtracted here."""
     if not isinstance(layer, LoRALinear):
         raise TypeError(f"layer must be a lora_edu.LoRALinear, got {type(layer).__name__}")
-    a = layer.lora_A.detach().double()
-    b = layer.lora_B.detach().double()
+    name = layer.active_adapter
+    a = layer.lora_A[name].detach().double()
+    b = layer.lora_B[name].detach().double()
     w0 = layer.base.weight.detach().double()
-    if layer.merged:
-        w0 = w0 - layer.scaling * (b @ a)
+    for merged in layer.merged_adapters:
+        w0 = w0 - layer.delta_weight(merged).detach().double()
     b0 = layer.base.bias.detach().double() if layer.base.bias is not None else 0.0
-    return w0, b0, a, b
+    return w0, b0, a, b, layer.scaling[name], layer.lora_alpha[name]
 
 
 MERGED_MESSAGE = ("layer_ex is merged (merged=True): its base.weight already holds W0 + ΔW, so the formula "
@@ -100,18 +101,18 @@ def check_lora_output(answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult
     name = "Exercise 2"
     if answer is NOT_ANSWERED:
         return not_answered(name)
-    w0, b0, a, b = _lora_parts(layer)
+    w0, b0, a, b, scaling, alpha = _lora_parts(layer)
     if layer.merged:
         return failed(name, MERGED_MESSAGE)
     xd = x.detach().double()
     base = xd @ w0.T + b0
     branch = (xd @ a.T) @ b.T
-    expected = base + layer.scaling * branch
+    expected = base + scaling * branch
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-5, what="h")
     return _with_hints(result, answer, [
         (base, "that is the frozen layer alone: add the LoRA branch (α/r)·B A x."),
         (base + branch, "the branch is missing its scaling α/r."),
-        (base + layer.alpha * branch, "you scaled by α; LoRA scales by α/r."),
+        (base + alpha * branch, "you scaled by α; LoRA scales by α/r."),
         (expected - b0, "the frozen layer's bias is missing."),
         (expected.T, "transposed: each row of x gives one row of h, shape (n, out)."),
     ])
@@ -124,26 +125,26 @@ def check_delta_weight(answer, layer: LoRALinear) -> CheckResult:
     name = "Exercise 3"
     if answer is NOT_ANSWERED:
         return not_answered(name)
-    w0, _, a, b = _lora_parts(layer)
-    expected = layer.scaling * (b @ a)
+    w0, _, a, b, scaling, alpha = _lora_parts(layer)
+    expected = scaling * (b @ a)
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="ΔW")
     return _with_hints(result, answer, [
         (b @ a, "B A is right, but ΔW also carries the scaling α/r."),
-        (layer.alpha * (b @ a), "you scaled by α; LoRA scales by α/r."),
+        (alpha * (b @ a), "you scaled by α; LoRA scales by α/r."),
         (expected.T, "transposed: ΔW has W0's shape (out, in), so it is B A, not Aᵀ Bᵀ."),
-        (layer.scaling * (a.T @ b.T), "transposed: ΔW has W0's shape (out, in), so it is B A."),
+        (scaling * (a.T @ b.T), "transposed: ΔW has W0's shape (out, in), so it is B A."),
         (w0 + expected, "that is the merged weight W0 + ΔW; ΔW alone is asked."),
     ])
 
 
 def check_trainable_parameters(answer, model: nn.Module, target_modules, r: int) -> CheckResult:
-    """Exercise 4: how many parameters ``add_lora(model, target_modules, r, alpha)`` leaves trainable:
+    """Exercise 4: how many parameters ``add_lora(model, LoraConfig(target_modules=..., r=r))`` leaves trainable:
     ``r (in + out)`` per adapted layer (α does not matter). ``model`` is not changed."""
     name = "Exercise 4"
     if answer is NOT_ANSWERED:
         return not_answered(name)
     with torch.random.fork_rng(devices=[]):  # do not move the learner's random numbers on
-        adapted = add_lora(copy.deepcopy(model), target_modules, r=r, alpha=1)
+        adapted = add_lora(copy.deepcopy(model), LoraConfig(target_modules=target_modules, r=r))
     layers = [m for m in adapted.modules() if isinstance(m, LoRALinear)]
     expected = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
     whole = _whole_number(answer)
