@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import _validate
 from .data import VOCAB_SIZE
 from .environment import get_device, seed_everything
 from .lora import merge_lora
@@ -118,9 +119,7 @@ def _model_flop_ratio(model: nn.Module, targets, r: int) -> float:
 
 def run(size_name: str = "default", device=None, show=print) -> dict:
     """Run every comparison at one size; print a table with ``show``; return ``{(model, measurement): value}``."""
-    if size_name not in SIZES:
-        raise ValueError(f"size_name={size_name!r} is not a benchmark size; allowed values: {', '.join(SIZES)}")
-    size = SIZES[size_name]
+    size = SIZES[_validate.choice("size_name", size_name, SIZES)]
     device = torch.device(device) if device is not None else get_device()
     results = {}
     started = time.perf_counter()

@@ -11,7 +11,7 @@ def test_counts_and_percent():
     assert count.trainable == 16 * 10 + 10
     assert count.total == models.count_parameters(models.DigitsMLP(hidden=16))
     assert count.percent_of(count.total) == pytest.approx(100 * 170 / count.total)
-    with pytest.raises(ValueError, match="base_total must be positive"):
+    with pytest.raises(ValueError, match="base_total must be a finite number > 0"):
         count.percent_of(0)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         measure.count_trainable([1, 2])
@@ -57,7 +57,7 @@ def test_latency_measurements_run_and_return_every_model():
         measure.measure_latencies({"a": a}, torch.zeros(1, 64), repeats=0)
     with pytest.raises(TypeError, match="example must be a torch.Tensor"):
         measure.measure_latencies({"a": a}, [0.0] * 64)
-    with pytest.raises(ValueError, match="min_sample_seconds must be a number in"):
+    with pytest.raises(ValueError, match="min_sample_seconds must be a finite number >= 0 and <= 1, got -1"):
         measure.measure_latencies({"a": a}, torch.zeros(1, 64), min_sample_seconds=-1)
 
 
