@@ -23,14 +23,13 @@ suffixes, or a regular expression matched against full names).
 """
 from __future__ import annotations
 
-import math
-import numbers
 import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate
 from .lora import LoRALinear, add_lora, check_lora_hyperparameters, target_matches
 
 STRATEGIES = ("full", "dense_delta", "adapters", "lora", "head_only", "bias_only")
@@ -56,8 +55,7 @@ class DenseDeltaLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear):
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
@@ -107,8 +105,7 @@ class SerialAdapter(nn.Module):
     """
 
     def __init__(self, sublayer: nn.Module, bottleneck: int, init_scale: float = 1e-3):
-        if not isinstance(sublayer, nn.Module):
-            raise TypeError(f"sublayer must be a torch.nn.Module, got {type(sublayer).__name__}")
+        _validate.module("sublayer", sublayer)
         super().__init__()
         features = output_features(sublayer)
         self.sublayer = sublayer
@@ -181,18 +178,16 @@ def _check_config(name: str, config: dict) -> dict:
     merged = dict(allowed)
     merged.update(config)
     if name == "adapters":
-        bottleneck, scale = merged["bottleneck"], merged["init_scale"]
-        if isinstance(bottleneck, bool) or not isinstance(bottleneck, numbers.Integral) or bottleneck < 1:
-            raise ValueError(f"bottleneck must be a positive int (the adapter's width m), got {bottleneck!r}")
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
-            raise ValueError(f"init_scale must be a finite number >= 0, got {scale!r}")
+        _validate.integer("bottleneck", merged["bottleneck"], 1, hint="(the adapter's width m)")
+        _validate.real("init_scale", merged["init_scale"], 0)
     if name == "lora":
         check_lora_hyperparameters(merged["r"], merged["alpha"], merged["dropout"])
     return merged
 
 
 def strategy_of(model: nn.Module) -> str | None:
-    """The name of the strategy applied to ``model`` by `apply_strategy`, or None."""
+    """The name of the strategy applied to ``model`` by `apply_strategy`, or None. After `merge_and_unload`
+    the name stays and ``model.finetuning_merged`` is True."""
     return getattr(model, "finetuning_strategy", None)
 
 
@@ -206,10 +201,8 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
     target raises ValueError/TypeError and leaves the model unchanged; so does a second strategy on
     the same model. See notebook 05_finetuning_strategies_compared.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if name not in STRATEGIES:
-        raise ValueError(f"name={name!r} is not a fine-tuning strategy; allowed values: {', '.join(STRATEGIES)}")
+    _validate.module("model", model)
+    _validate.choice("name", name, STRATEGIES)
     if strategy_of(model) is not None or any(isinstance(m, _WRAPPERS) for m in model.modules()):
         raise ValueError(f"model already has a fine-tuning strategy ({strategy_of(model) or 'wrapped layers'}); "
                          "apply a strategy to a fresh copy of the base model")
@@ -259,8 +252,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Full fine-tuning: the whole model; LoRA: ``lora_A``/``lora_B``; dense ΔW: ``delta_weight``s; adapters:
     ``down``/``up``; head only: the head. Load it back with ``model.load_state_dict(sd, strict=False)``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -268,16 +260,16 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold a LoRA or dense-ΔW update into the frozen weights and put the plain ``nn.Linear`` layers back.
 
     Afterwards the model has exactly the base model's architecture (PEFT's ``merge_and_unload``), so it
-    runs at the base model's speed. In place; returns the model. Raises ValueError for serial adapters
+    runs at the base model's speed. In place; returns the model, with ``model.finetuning_merged = True``
+    (`strategy_of` still gives the strategy's name). Raises ValueError for serial adapters
     (not mergeable), a model without a strategy, or one already merged. See notebook
     05_finetuning_strategies_compared.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     name = strategy_of(model)
     if name is None:
         raise ValueError("model has no fine-tuning strategy to merge; apply_strategy(model, ...) first")
-    if name.endswith("(merged)"):
+    if getattr(model, "finetuning_merged", False):
         raise ValueError("model has already been merged and unloaded")
     if name not in MERGEABLE:
         raise ValueError(f"strategy {name!r} cannot be merged; mergeable strategies: {', '.join(MERGEABLE)}"
@@ -291,7 +283,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         if not layer.merged:
             layer.merge()
         _replace(model, layer_name, layer.base)
-    model.finetuning_strategy = f"{name} (merged)"
+    model.finetuning_merged = True
     return model
 
 

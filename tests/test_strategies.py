@@ -81,7 +81,9 @@ def test_merge_and_unload_gives_the_base_architecture_and_same_outputs(name):
             if p.requires_grad:
                 p.normal_(0, 0.1)
     before = model(ids())
+    assert not getattr(model, "finetuning_merged", False)
     strategies.merge_and_unload(model)
+    assert strategies.strategy_of(model) == name and model.finetuning_merged is True  # the name stays plain
     assert not any(isinstance(m, (LoRALinear, strategies.DenseDeltaLinear)) for m in model.modules())
     assert set(model.state_dict()) == set(small_gpt().state_dict())
     assert torch.allclose(model(ids()), before, atol=1e-5)
@@ -138,7 +140,7 @@ def test_digits_mlp_defaults():
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda m: strategies.apply_strategy(m, "prefix_tuning"), ValueError,
-     "name='prefix_tuning' is not a fine-tuning strategy; allowed values: full, dense_delta, adapters, lora"),
+     "name='prefix_tuning' is not allowed; allowed values: 'full', 'dense_delta', 'adapters', 'lora'"),
     (lambda m: strategies.apply_strategy(m, "lora", rank=4), TypeError, "no option.*rank.*allowed options: targets, r"),
     (lambda m: strategies.apply_strategy(m, "full", r=4), TypeError, "allowed options: none"),
     (lambda m: strategies.apply_strategy(m, "lora", r=0), ValueError, "r must be a positive int"),
@@ -151,8 +153,8 @@ def test_digits_mlp_defaults():
     (lambda m: strategies.apply_strategy(m, "lora", targets="q_proj("), ValueError,
      "targets='q_proj\\(' is not a valid regular expression"),
     (lambda m: strategies.apply_strategy(m, "dense_delta", targets=[]), TypeError, "non-empty list"),
-    (lambda m: strategies.apply_strategy(m, "adapters", bottleneck=0), ValueError, "bottleneck must be a positive int"),
-    (lambda m: strategies.apply_strategy(m, "adapters", init_scale=float("nan")), ValueError, "init_scale"),
+    (lambda m: strategies.apply_strategy(m, "adapters", bottleneck=0), ValueError, r"bottleneck must be an int >= 1 \(the adapter's width m\), got 0"),
+    (lambda m: strategies.apply_strategy(m, "adapters", init_scale=float("nan")), ValueError, "init_scale must be a finite number >= 0, got nan"),
     (lambda m: strategies.apply_strategy(m, "adapters", targets=["ln1"]), TypeError, "output width"),
     (lambda m: strategies.apply_strategy(m, "adapters", targets=["blocks.0", "blocks.0.attn"]), ValueError,
      "inside other targets"),
