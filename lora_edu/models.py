@@ -34,6 +34,7 @@ class DigitsMLP(nn.Module):
     05_finetuning_strategies_compared.
     """
 
+    linear_stack = ("fc1", "fc2", "head")  # every Linear in forward order, ReLU between (for lora_edu.batched)
     linear_targets = ("fc1", "fc2")
     adapter_targets = ("fc1", "fc2")
     head_name = "head"

@@ -13,7 +13,8 @@ import numbers
 import numpy as np
 
 from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
-from ..explore import directions_for_energy, loglog_slope, lora_scaling
+from ..scaling_rules import lora_scaling
+from ..update_analysis import directions_for_energy, loglog_slope
 
 
 def _is_number(value) -> bool:
