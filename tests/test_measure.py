@@ -19,7 +19,7 @@ def test_counts_and_percent():
 
 def test_training_memory_is_16_bytes_per_trainable_number_in_float32():
     model = strategies.apply_strategy(models.DigitsMLP(hidden=16), "lora", r=2)
-    memory = measure.training_memory_bytes(model)
+    memory = measure.measured_training_memory_bytes(model)
     trainable = measure.count_trainable(model).trainable
     tensors = sum(1 for p in model.parameters() if p.requires_grad)
     assert memory["trainable_weights"] == 4 * trainable
@@ -28,16 +28,16 @@ def test_training_memory_is_16_bytes_per_trainable_number_in_float32():
     assert memory["total"] == memory["weights"] + memory["gradients"] + memory["optimizer"]
     assert memory["total"] > memory["trainable_total"]  # the frozen base weights are still in memory
     half = models.DigitsMLP(hidden=16).half()
-    assert measure.training_memory_bytes(half)["trainable_weights"] == 2 * models.count_parameters(half)
+    assert measure.measured_training_memory_bytes(half)["trainable_weights"] == 2 * models.count_parameters(half)
 
 
-def test_checkpoint_bytes_grow_with_the_data():
-    small = measure.checkpoint_bytes({"a": torch.zeros(10)})
-    large = measure.checkpoint_bytes({"a": torch.zeros(1000)})
+def test_measured_checkpoint_bytes_grow_with_the_data():
+    small = measure.measured_checkpoint_bytes({"a": torch.zeros(10)})
+    large = measure.measured_checkpoint_bytes({"a": torch.zeros(1000)})
     assert 990 * 4 <= large - small <= 990 * 4 + 16  # the data, plus a few header digits
     assert small < 200  # a small JSON header
     with pytest.raises(ValueError, match="non-empty mapping"):
-        measure.checkpoint_bytes({})
+        measure.measured_checkpoint_bytes({})
 
 
 def test_lora_flop_ratio():
@@ -96,6 +96,6 @@ def test_wrong_types_raise_type_error():
     with pytest.raises(TypeError, match="repeats must be an int >= 1"):
         measure.measure_latencies({"a": models.DigitsMLP(hidden=8)}, torch.zeros(1, 64), repeats="3")
     with pytest.raises(TypeError, match="tensors must be a mapping of names to tensors, got list"):
-        measure.checkpoint_bytes([torch.zeros(2)])
+        measure.measured_checkpoint_bytes([torch.zeros(2)])
     with pytest.raises(TypeError, match="tensors must map str names to torch.Tensor values; wrong entries: w"):
-        measure.checkpoint_bytes({"w": [1.0, 2.0]})
+        measure.measured_checkpoint_bytes({"w": [1.0, 2.0]})

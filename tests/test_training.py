@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lora_edu import models, strategies, training
-from lora_edu.measure import training_memory_bytes
+from lora_edu.measure import measured_training_memory_bytes
 
 
 def toy_problem():
@@ -34,7 +34,7 @@ def test_measured_gradient_and_adam_bytes_equal_the_formula():
     x, y = toy_problem()
     for name in ("full", "lora", "head_only"):
         model = strategies.apply_strategy(models.DigitsMLP(hidden=32), name)
-        expected = training_memory_bytes(model)
+        expected = measured_training_memory_bytes(model)
         result = training.train(model, lambda step: (x, y), 2, 1e-3)
         assert result.grad_bytes == expected["gradients"]
         assert result.optimizer_bytes == expected["optimizer"]
