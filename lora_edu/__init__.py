@@ -12,8 +12,9 @@
 - ``data``, ``models``, ``pretrain``, ``strategies``, ``training``, ``measure`` (05): digits tasks and text corpora,
   the digits MLP and tiny GPT (shipped checkpoint), five fine-tuning strategies (``apply_strategy``), one
   training loop, and exact counts, bytes and timings; ``bench`` (``python -m lora_edu.bench``).
-- ``explore`` (06): many LoRA runs at once (``train_lora_batch``, ``run_lora_grid``), planted rank, α vs learning
-  rate, rsLoRA's gradient scale, the intrinsic rank of a full fine-tuning update.
+- ``scaling_rules``, ``batched``, ``update_analysis`` (06): α rules and LoRA's scaling (α/r, rsLoRA's α/√r); many
+  LoRA runs at once (``train_lora_batch``, ``run_lora_grid``); planted rank, rsLoRA's gradient scale and the
+  intrinsic rank of a full fine-tuning update.
 """
 from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN in every notebook)
 from . import counting, linalg  # noqa: F401  (notebooks 01-03)
@@ -26,6 +27,6 @@ from .lora import (active_adapter, adapter_names, delete_adapter, disable_adapte
 from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
 from . import data, measure, models, strategies, training  # noqa: F401  (05; not pretrain, bench: scripts)
 from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05
-from . import explore  # noqa: F401  (notebook 06)
+from . import batched, scaling_rules, update_analysis  # noqa: F401  (notebook 06)
 
 __version__ = "0.1.0"

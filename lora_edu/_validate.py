@@ -20,12 +20,16 @@ def _got(value) -> str:
     return f"got {type(value).__name__} {value!r}"
 
 
+def _show(bound) -> str:
+    return str(bound) if isinstance(bound, numbers.Integral) else f"{bound:g}"
+
+
 def _bounds(minimum, maximum, *, open_min: bool = False, open_max: bool = False) -> str:
     parts = []
     if minimum is not None:
-        parts.append(f"{'>' if open_min else '>='} {minimum:g}")
+        parts.append(f"{'>' if open_min else '>='} {_show(minimum)}")
     if maximum is not None:
-        parts.append(f"{'<' if open_max else '<='} {maximum:g}")
+        parts.append(f"{'<' if open_max else '<='} {_show(maximum)}")
     return " and ".join(parts)
 
 

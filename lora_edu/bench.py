@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import _validate
 from .data import VOCAB_SIZE
 from .environment import get_device, seed_everything
 from .lora import LoraConfig, add_lora, merge_lora, per_example_adapters
@@ -131,9 +132,7 @@ def _model_flop_ratio(model: nn.Module, targets, r: int) -> float:
 
 def run(size_name: str = "default", device=None, show=print) -> dict:
     """Run every comparison at one size; print a table with ``show``; return ``{(model, measurement): value}``."""
-    if size_name not in SIZES:
-        raise ValueError(f"size_name={size_name!r} is not a benchmark size; allowed values: {', '.join(SIZES)}")
-    size = SIZES[size_name]
+    size = SIZES[_validate.choice("size_name", size_name, SIZES)]
     device = torch.device(device) if device is not None else get_device()
     results = {}
     started = time.perf_counter()
@@ -142,7 +141,7 @@ def run(size_name: str = "default", device=None, show=print) -> dict:
         targets = list(base.linear_targets)
         r, alpha = size.lora_r, 2.0 * size.lora_r
         seed_everything(1)
-        ours = apply_strategy(copy.deepcopy(base), "lora", r=r, alpha=alpha)
+        ours = apply_strategy(copy.deepcopy(base), "lora", r=r, lora_alpha=alpha)
         seed_everything(1)
         theirs = _peft_lora(copy.deepcopy(base), r, alpha, targets)
         for batch in (len(x), 1):

@@ -11,6 +11,8 @@ Explained in notebook 00_welcome (how to use the course).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +111,27 @@ def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float
     return failed(exercise, f"{label}{n_bad} of {diff.size} entries are off; the largest difference is "
                             f"{_fmt(float(diff[worst]))} at index {tuple(int(i) for i in worst)} "
                             f"(expected {_fmt(float(exp_arr[worst]))}, got {_fmt(float(got_arr[worst]))}).")
+
+
+def is_number(value) -> bool:
+    """A real number (int, float or a NumPy scalar), not a bool: an answer hints can be computed for."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def with_hint(result: CheckResult, hint: str) -> CheckResult:
+    """``result``, with `` Hint: {hint}`` added to its message when it failed."""
+    return result if result.passed is not False else failed(result.exercise, f"{result.message} Hint: {hint}")
+
+
+def hint_for_mistake(result: CheckResult, answer, mistakes, rtol: float = 1e-6) -> CheckResult:
+    """``result`` with the hint of the first ``(value, hint)`` in ``mistakes`` whose value a wrong numeric
+    ``answer`` reproduces (within ``rtol``, or 1e-12 absolute)."""
+    if result.passed is not False or not is_number(answer):
+        return result
+    for candidate, hint in mistakes:
+        if math.isclose(float(answer), float(candidate), rel_tol=rtol, abs_tol=1e-12):
+            return with_hint(result, hint)
+    return result
 
 
 def check_true(exercise: str, condition: bool, failure: str, success: str = "correct.") -> CheckResult:

@@ -11,8 +11,10 @@ Explained in notebook 03_parameter_savings.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
+
+from . import _validate
+from .linalg import check_rank
 
 __all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "TransformerShape", "GPT2_SMALL",
            "LLAMA_7B", "GPT3_175B", "PUBLISHED_MODELS", "linear_layer_shapes", "count_model_params",
@@ -20,28 +22,12 @@ __all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "Tr
            "format_count", "format_bytes"]
 
 
-def _check_size(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int (a matrix size or count), got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int (>= 1), got {value}")
-    return int(value)
-
-
-def _check_r(r, d: int, k: int) -> int:
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-        raise TypeError(f"r must be an int between 1 and min(d, k) = {min(d, k)}, got {type(r).__name__} {r!r}")
-    if not 1 <= r <= min(d, k):
-        raise ValueError(f"r must be between 1 and min(d, k) = {min(d, k)} for a {d}×{k} matrix, got {r}")
-    return int(r)
-
-
 def full_params(d: int, k: int) -> int:
     """Numbers in a dense ``d × k`` matrix (what full fine-tuning trains in it): ``d·k``.
 
     See notebook 03_parameter_savings.
     """
-    return _check_size(d, "d") * _check_size(k, "k")
+    return _validate.integer("d", d, 1) * _validate.integer("k", k, 1)
 
 
 def lora_params(d: int, k: int, r: int) -> int:
@@ -50,8 +36,8 @@ def lora_params(d: int, k: int, r: int) -> int:
     ``r`` must be between 1 and ``min(d, k)`` (a product of rank above ``min(d, k)`` does not exist).
     See notebook 03_parameter_savings.
     """
-    d, k = _check_size(d, "d"), _check_size(k, "k")
-    return _check_r(r, d, k) * (d + k)
+    d, k = _validate.integer("d", d, 1), _validate.integer("k", k, 1)
+    return check_rank(r, d, k) * (d + k)
 
 
 def savings_ratio(d: int, k: int, r: int) -> float:
@@ -68,7 +54,7 @@ def break_even_rank(d: int, k: int) -> float:
     LoRA saves parameters exactly when ``r < r*``; for a square ``d × d`` matrix ``r* = d / 2``.
     See notebook 03_parameter_savings.
     """
-    d, k = _check_size(d, "d"), _check_size(k, "k")
+    d, k = _validate.integer("d", d, 1), _validate.integer("k", k, 1)
     return d * k / (d + k)
 
 
@@ -118,9 +104,7 @@ PUBLISHED_MODELS = (GPT2_SMALL, LLAMA_7B, GPT3_175B)
 
 
 def _check_shape(shape) -> TransformerShape:
-    if not isinstance(shape, TransformerShape):
-        raise TypeError(f"shape must be a TransformerShape (e.g. lora_edu.counting.LLAMA_7B), got {type(shape).__name__}")
-    return shape
+    return _validate.instance("shape", shape, TransformerShape, "a TransformerShape (e.g. lora_edu.counting.LLAMA_7B)")
 
 
 def linear_layer_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
@@ -193,12 +177,11 @@ def training_memory_bytes(total_params: int, trainable_params: int, precision: s
     ``master_weights``, ``optimizer`` and ``total``. Activations are not included.
     See notebook 03_parameter_savings.
     """
-    total = _check_size(total_params, "total_params")
-    trainable = _check_size(trainable_params, "trainable_params")
+    total = _validate.integer("total_params", total_params, 1)
+    trainable = _validate.integer("trainable_params", trainable_params, 1)
     if trainable > total:
         raise ValueError(f"trainable_params ({trainable}) must not exceed total_params ({total})")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _validate.choice("precision", precision, PRECISIONS)
     if precision == "fp32":
         parts = {"weights": 4 * total, "gradients": 4 * trainable, "master_weights": 0, "optimizer": 8 * trainable}
     else:
@@ -213,27 +196,19 @@ def checkpoint_bytes(params: int, dtype: str = "bf16") -> int:
 
     See notebook 03_parameter_savings.
     """
-    params = _check_size(params, "params")
-    if dtype not in BYTES_PER_VALUE:
-        raise ValueError(f"dtype must be one of {sorted(BYTES_PER_VALUE)}, got {dtype!r}")
-    return params * BYTES_PER_VALUE[dtype]
+    params = _validate.integer("params", params, 1)
+    return params * BYTES_PER_VALUE[_validate.choice("dtype", dtype, BYTES_PER_VALUE)]
 
 
 def format_count(n) -> str:
     """A parameter count for people: ``4194304 → '4.19M'``, ``6738415616 → '6.74B'`` (3 significant digits)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real):
-        raise TypeError(f"n must be a number >= 0, got {type(n).__name__} {n!r}")
-    if not n >= 0:
-        raise ValueError(f"n must be a number >= 0, got {n!r}")
+    _validate.real("n", n, 0)
     return _with_unit(n, ((1e3, "k"), (1e6, "M"), (1e9, "B"), (1e12, "T")), "{:.3g}{}", "{:.3g}")
 
 
 def format_bytes(n) -> str:
     """A size in decimal units with one decimal: ``8388608 → '8.4 MB'``, ``26953662464 → '27.0 GB'``."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real):
-        raise TypeError(f"n must be a number of bytes >= 0, got {type(n).__name__} {n!r}")
-    if not n >= 0:
-        raise ValueError(f"n must be a number of bytes >= 0, got {n!r}")
+    _validate.real("n", n, 0, hint="(a number of bytes)")
     return _with_unit(n, ((1e3, "kB"), (1e6, "MB"), (1e9, "GB"), (1e12, "TB")), "{:.1f} {}", "{:g} B")
 
 

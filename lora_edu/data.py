@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _validate
+
 # ----------------------------------------------------------------------------------------------
 # Digits
 # ----------------------------------------------------------------------------------------------
@@ -55,8 +57,7 @@ def transform_digits(images: np.ndarray, task: str) -> np.ndarray:
     ``cmap="gray_r"`` as in the notebook, dark digits on white become white digits on dark).
     Returns an array of the same shape. See notebook 05_finetuning_strategies_compared.
     """
-    if task not in DIGITS_TASKS:
-        raise ValueError(f"task={task!r} is not a digits task; allowed values: {', '.join(DIGITS_TASKS)}")
+    _validate.choice("task", task, DIGITS_TASKS)
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1:] != (8, 8):
         raise ValueError(f"images must have shape (n, 8, 8), got {images.shape}")
@@ -84,8 +85,7 @@ def load_digits_task(task: str = "original", device=None) -> DigitsTask:
     Every task uses the same images and labels in the same split; only the pixels are transformed
     (`transform_digits`). See notebook 05_finetuning_strategies_compared.
     """
-    if task not in DIGITS_TASKS:
-        raise ValueError(f"task={task!r} is not a digits task; allowed values: {', '.join(DIGITS_TASKS)}")
+    _validate.choice("task", task, DIGITS_TASKS)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -118,8 +118,7 @@ CORPORA = ("prose", "python")
 
 def encode(text: str) -> torch.Tensor:
     """Characters → ids of `VOCABULARY`, shape (len(text),), int64; unknown characters → `UNKNOWN_ID`."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    _validate.instance("text", text, str, "a str")
     return torch.tensor([_CHAR_TO_ID.get(c, UNKNOWN_ID) for c in text], dtype=torch.int64)
 
 
@@ -209,8 +208,7 @@ def load_corpus(name: str) -> TextCorpus:
     Read once per process and cached. Call ``.report()`` to see what was read.
     See notebook 05_finetuning_strategies_compared.
     """
-    if name not in CORPORA:
-        raise ValueError(f"name={name!r} is not a corpus; allowed values: {', '.join(CORPORA)}")
+    _validate.choice("name", name, CORPORA)
     if name not in _CORPUS_CACHE:
         if name == "prose":
             corpus = _split_documents(name, prose_documents(), [])
@@ -243,10 +241,8 @@ def random_windows(ids: torch.Tensor, batch_size: int, context: int,
     That off-by-one is kept on purpose: the shipped GPT checkpoint was pretrained with these draws, and
     fixing it would change what ``python -m lora_edu.pretrain`` reproduces.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
-        raise ValueError(f"context must be a positive int, got {context!r}")
+    _validate.integer("batch_size", batch_size, 1)
+    _validate.integer("context", context, 1)
     if len(ids) <= context + 1:
         raise ValueError(f"the text ({len(ids)} ids) is too short for context={context}")
     starts = torch.randint(0, len(ids) - context - 1, (batch_size,), generator=generator)
@@ -259,10 +255,8 @@ def evaluation_windows(ids: torch.Tensor, context: int, max_windows: int = 64,
 
     Returns ``x``, ``y`` of shape (n, context) with n = min(max_windows, windows that fit).
     """
-    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
-        raise ValueError(f"context must be a positive int, got {context!r}")
-    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
-        raise ValueError(f"max_windows must be a positive int, got {max_windows!r}")
+    _validate.integer("context", context, 1)
+    _validate.integer("max_windows", max_windows, 1)
     fits = (len(ids) - 1) // context
     if fits < 1:
         raise ValueError(f"the text ({len(ids)} ids) is too short for context={context}")

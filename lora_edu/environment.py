@@ -14,6 +14,8 @@ from importlib import metadata
 import numpy as np
 import torch
 
+from . import _validate
+
 DEVICE_ENV_VAR = "LORA_EDU_DEVICE"
 ALLOWED_DEVICES = ("cpu", "cuda", "mps")
 
@@ -67,10 +69,7 @@ def seed_everything(seed: int = 0) -> None:
     Call it before every cell that draws random numbers, so each cell gives the same result
     however often, and in whatever order, cells were run before it. See notebook 00_welcome.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    _validate.integer("seed", seed, 0, 2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -8,9 +8,9 @@ Naming follows LoRA: a ``d × k`` matrix ``W`` of rank ``r`` is stored as ``B @ 
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from . import _validate
 
 __all__ = ["as_matrix", "check_rank", "singular_values", "numerical_rank", "best_rank_r_approximation",
            "rank_r_factors", "fit_rank_r_factors", "random_subspace_approximation", "energy_retained",
@@ -24,15 +24,10 @@ def as_matrix(matrix, name: str = "matrix") -> np.ndarray:
     entries are not real numbers and ``ValueError`` when it is not 2-D, is empty, or holds NaN/infinity;
     the message names the parameter ``name``. See notebook 01_rank_and_decomposition.
     """
-    if hasattr(matrix, "detach"):  # a torch tensor
-        matrix = matrix.detach().cpu().numpy()
     try:
-        array = np.asarray(matrix)
-    except (TypeError, ValueError) as exc:  # ragged lists
+        array = _real_array(matrix, name)
+    except ValueError as exc:  # ragged lists
         raise ValueError(f"{name} must be a 2-D array of numbers (d, k); could not read it: {exc}") from None
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
-                                   or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f"{name} must hold real numbers (int or float), got dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (d, k), got {array.ndim}-D shape {tuple(array.shape)}")
     if array.size == 0:
@@ -43,26 +38,23 @@ def as_matrix(matrix, name: str = "matrix") -> np.ndarray:
     return array
 
 
+def _real_array(values, name: str) -> np.ndarray:
+    """``values`` (lists, a NumPy array or a torch tensor on any device) as a NumPy array of ints or floats."""
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must hold real numbers (int or float), got dtype {array.dtype}")
+    return array
+
+
 def check_rank(r, d: int, k: int, name: str = "r") -> int:
     """Return ``r`` as an int after checking ``1 <= r <= min(d, k)``.
 
     Raises ``TypeError`` when ``r`` is not an integer (``True``/``False`` and ``2.0`` are rejected) and
     ``ValueError`` when it is out of range; the message names the parameter and the allowed values.
     """
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-        raise TypeError(f"{name} must be an int between 1 and min(d, k) = {min(d, k)}, got {type(r).__name__} {r!r}")
-    r = int(r)
-    if not 1 <= r <= min(d, k):
-        raise ValueError(f"{name} must be between 1 and min(d, k) = {min(d, k)} for a {d}×{k} matrix, got {r}")
-    return r
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__} {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int (>= 0), got {seed}")
-    return int(seed)
+    return _validate.integer(name, r, 1, min(d, k), hint=f"(min(d, k) for a {d}×{k} matrix)")
 
 
 def singular_values(matrix) -> np.ndarray:
@@ -87,11 +79,8 @@ def numerical_rank(matrix, tol: float | None = None) -> int:
     sigma = np.linalg.svd(array, compute_uv=False)
     if tol is None:
         tol = sigma[0] * max(array.shape) * np.finfo(np.float64).eps
-    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be a non-negative number (or None for the rounding default), "
-                        f"got {type(tol).__name__} {tol!r}")
-    elif not (tol >= 0 and np.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0 (or None for the rounding default), got {tol}")
+    else:
+        _validate.real("tol", tol, 0, hint="(or None for the rounding default)")
     return int(np.sum(sigma > tol))
 
 
@@ -139,19 +128,14 @@ def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = Non
     target = as_matrix(matrix)
     d, k = target.shape
     r = check_rank(r, d, k)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise TypeError(f"steps must be a positive int, got {type(steps).__name__} {steps!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be a positive int (>= 1), got {steps}")
+    _validate.integer("steps", steps, 1)
     sigma_1 = np.linalg.norm(target, 2)
     default_lr = 0.2 / max(sigma_1, 1e-12)
     if lr is None:
         lr = default_lr
-    elif isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"lr must be a positive number (or None for 0.2 / σ₁), got {type(lr).__name__} {lr!r}")
-    elif not (0 < lr and np.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number (or None for 0.2 / σ₁), got {lr!r}")
-    rng = np.random.default_rng(_check_seed(seed))
+    else:
+        _validate.positive("lr", lr, hint="(or None for 0.2 / σ₁)")
+    rng = np.random.default_rng(_validate.integer("seed", seed, 0))
     scale = np.sqrt(max(sigma_1, 1e-12) / r) * 0.1
     b = rng.normal(0.0, scale, size=(d, r))
     a = rng.normal(0.0, scale, size=(r, k))
@@ -185,17 +169,13 @@ def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
-    b = np.random.default_rng(_check_seed(seed)).normal(size=(array.shape[0], r))
+    b = np.random.default_rng(_validate.integer("seed", seed, 0)).normal(size=(array.shape[0], r))
     a, *_ = np.linalg.lstsq(b, array, rcond=None)
     return b @ a
 
 
 def _as_singular_values(values, name: str = "singular_values") -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values)
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f"{name} must be a 1-D array of real numbers, got dtype {array.dtype}")
+    array = _real_array(values, name)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(array.shape)}")
     array = array.astype(np.float64)
@@ -205,16 +185,6 @@ def _as_singular_values(values, name: str = "singular_values") -> np.ndarray:
         raise ValueError(f"{name} must be sorted from largest to smallest (σ₁ ≥ σ₂ ≥ …), as singular_values() "
                          f"returns them; got {array[:6].tolist()}{' …' if array.size > 6 else ''}")
     return array
-
-
-def _check_count(r, n: int, lowest: int, name: str = "r") -> int:
-    """``r`` as an int between ``lowest`` and ``n``, the number of singular values given."""
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-        raise TypeError(f"{name} must be an int between {lowest} and the number of singular values ({n}), "
-                        f"got {type(r).__name__} {r!r}")
-    if not lowest <= r <= n:
-        raise ValueError(f"{name} must be between {lowest} and the number of singular values ({n}), got {r}")
-    return int(r)
 
 
 def energy_retained(singular_values, r: int | None = None):
@@ -232,7 +202,7 @@ def energy_retained(singular_values, r: int | None = None):
     curve = np.cumsum(sigma**2) / total
     if r is None:
         return curve
-    r = _check_count(r, sigma.size, 1)
+    r = _validate.integer("r", r, 1, sigma.size, hint="(the number of singular values)")
     return float(curve[r - 1])
 
 
@@ -243,8 +213,15 @@ def truncation_error(singular_values, r: int) -> float:
     See notebook 02_svd_and_low_rank_approximation.
     """
     sigma = _as_singular_values(singular_values)
-    r = _check_count(r, sigma.size, 0)
+    r = _validate.integer("r", r, 0, sigma.size, hint="(the number of singular values)")
     return float(np.sqrt(np.sum(sigma[r:] ** 2)))
+
+
+def _matching_pair(approximation, target) -> tuple[np.ndarray, np.ndarray]:
+    approx, exact = as_matrix(approximation, "approximation"), as_matrix(target, "target")
+    if approx.shape != exact.shape:
+        raise ValueError(f"approximation has shape {approx.shape} but target has shape {exact.shape}; they must match")
+    return approx, exact
 
 
 def relative_error(approximation, target) -> float:
@@ -252,10 +229,7 @@ def relative_error(approximation, target) -> float:
 
     See notebook 02_svd_and_low_rank_approximation.
     """
-    approx = as_matrix(approximation, "approximation")
-    exact = as_matrix(target, "target")
-    if approx.shape != exact.shape:
-        raise ValueError(f"approximation has shape {approx.shape} but target has shape {exact.shape}; they must match")
+    approx, exact = _matching_pair(approximation, target)
     norm = np.linalg.norm(exact)
     if norm == 0:
         raise ValueError("target is all zeros: the relative error is undefined")
@@ -271,12 +245,8 @@ def psnr(approximation, target, peak: float = 1.0) -> float:
     approximation may overshoot the range a little (a truncated SVD does).
     See notebook 02_svd_and_low_rank_approximation.
     """
-    approx = as_matrix(approximation, "approximation")
-    exact = as_matrix(target, "target")
-    if approx.shape != exact.shape:
-        raise ValueError(f"approximation has shape {approx.shape} but target has shape {exact.shape}; they must match")
-    if isinstance(peak, bool) or not isinstance(peak, numbers.Real) or not peak > 0:
-        raise ValueError(f"peak must be a positive number (1.0 for images in [0, 1], 255 for bytes), got {peak!r}")
+    approx, exact = _matching_pair(approximation, target)
+    _validate.positive("peak", peak, hint="(1.0 for images in [0, 1], 255 for bytes)")
     if exact.min() < 0 or exact.max() > peak:
         raise ValueError(f"target must lie in [0, peak] = [0, {peak:g}], but its values run from {exact.min():g} to "
                          f"{exact.max():g}; pass peak=255 for 0–255 images, or scale the images to [0, 1]")

@@ -23,19 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from . import _validate
 from .training import tensor_bytes
-
-
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -46,20 +35,19 @@ class ParameterCount:
     total: int
 
     def percent_of(self, base_total: int) -> float:
-        if base_total <= 0:
-            raise ValueError(f"base_total must be positive, got {base_total}")
+        _validate.positive("base_total", base_total)
         return 100.0 * self.trainable / base_total
 
 
 def count_trainable(model: nn.Module) -> ParameterCount:
     """Trainable (``requires_grad``) and total parameter counts. See notebook 05_finetuning_strategies_compared."""
-    _check_model(model)
-    params = list(model.parameters())
+    params = list(_validate.module("model", model).parameters())
     return ParameterCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
-def training_memory_bytes(model: nn.Module) -> dict[str, int]:
-    """Exact bytes of what training with AdamW keeps, from the model's tensors (nothing is run).
+def measured_training_memory_bytes(model: nn.Module) -> dict[str, int]:
+    """Exact bytes of what training with AdamW keeps, from the model's tensors (nothing is run); the
+    formula from parameter counts alone is `lora_edu.counting.training_memory_bytes`.
 
     ``weights``: every parameter (frozen ones too); ``gradients``: one per trainable number;
     ``optimizer``: AdamW's ``exp_avg`` and ``exp_avg_sq`` per trainable number plus one 4-byte ``step``
@@ -69,8 +57,7 @@ def training_memory_bytes(model: nn.Module) -> dict[str, int]:
     Activations are not included: they depend on the batch and the sequence length.
     See notebook 05_finetuning_strategies_compared.
     """
-    _check_model(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in _validate.module("model", model).parameters() if p.requires_grad]
     weights = tensor_bytes(model.parameters())
     trainable_weights = tensor_bytes(trainable)
     gradients = trainable_weights
@@ -80,10 +67,10 @@ def training_memory_bytes(model: nn.Module) -> dict[str, int]:
             "total": weights + gradients + optimizer}
 
 
-def checkpoint_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
-    """Bytes on disk of ``tensors`` saved as one safetensors file (the format PEFT stores adapters in)."""
-    if not isinstance(tensors, Mapping):
-        raise TypeError(f"tensors must be a mapping of names to tensors, got {type(tensors).__name__}")
+def measured_checkpoint_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Bytes on disk of ``tensors`` saved as one safetensors file (the format PEFT stores adapters in);
+    the estimate from a parameter count is `lora_edu.counting.checkpoint_bytes`."""
+    _validate.instance("tensors", tensors, Mapping, "a mapping of names to tensors")
     if not tensors:
         raise ValueError("tensors must be a non-empty mapping of names to tensors")
     wrong = [str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -97,8 +84,7 @@ def checkpoint_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
 
 def lora_flop_ratio(r: int, d: int, k: int) -> float:
     """Extra multiply-adds of an unmerged LoRA layer relative to its frozen ``d × k`` weight: ``r(d+k)/(dk)``."""
-    for name, value in (("r", r), ("d", d), ("k", k)):
-        _check_positive_int(name, value)
+    r, d, k = _validate.integer("r", r, 1), _validate.integer("d", d, 1), _validate.integer("k", k, 1)
     return r * (d + k) / (d * k)
 
 
@@ -121,13 +107,11 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping of names to models")
     for model in models.values():
-        _check_model(model)
-    if not isinstance(example, torch.Tensor):
-        raise TypeError(f"example must be a torch.Tensor, got {type(example).__name__}")
-    _check_positive_int("repeats", repeats)
-    _check_positive_int("warmup", warmup, 0)
-    if not isinstance(min_sample_seconds, (int, float)) or not 0 <= min_sample_seconds <= 1:
-        raise ValueError(f"min_sample_seconds must be a number in [0, 1], got {min_sample_seconds!r}")
+        _validate.module("each of models", model)
+    _validate.instance("example", example, torch.Tensor, "a torch.Tensor")
+    _validate.integer("repeats", repeats, 1)
+    _validate.integer("warmup", warmup, 0)
+    _validate.real("min_sample_seconds", min_sample_seconds, 0, 1)
     device = example.device
     times = {name: [] for name in models}
     with torch.inference_mode():
@@ -164,8 +148,8 @@ def time_state_load(model: nn.Module, state: Mapping[str, torch.Tensor], repeats
 
     Every key of ``state`` must exist in the model. See notebook 05_finetuning_strategies_compared.
     """
-    _check_model(model)
-    _check_positive_int("repeats", repeats)
+    _validate.module("model", model)
+    _validate.integer("repeats", repeats, 1)
     missing = sorted(set(state) - set(model.state_dict()))
     if missing:
         raise ValueError(f"state has keys the model lacks: {', '.join(missing[:5])}")

@@ -18,14 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate
 from .data import VOCAB_SIZE
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,14 +34,14 @@ class DigitsMLP(nn.Module):
     05_finetuning_strategies_compared.
     """
 
+    linear_stack = ("fc1", "fc2", "head")  # every Linear in forward order, ReLU between (for lora_edu.batched)
     linear_targets = ("fc1", "fc2")
     adapter_targets = ("fc1", "fc2")
     head_name = "head"
 
     def __init__(self, hidden: int = 256, in_features: int = 64, classes: int = 10):
-        _check_positive_int("hidden", hidden)
-        _check_positive_int("in_features", in_features)
-        _check_positive_int("classes", classes)
+        for name, value in (("hidden", hidden), ("in_features", in_features), ("classes", classes)):
+            _validate.integer(name, value, 1)
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
@@ -80,7 +74,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads", "mlp_hidden"):
-            _check_positive_int(name, getattr(self, name))
+            _validate.integer(name, getattr(self, name), 1)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
@@ -158,10 +152,7 @@ class TinyGPT(nn.Module):
     head_name = "lm_head"
 
     def __init__(self, config: GPTConfig | None = None):
-        if config is None:
-            config = GPTConfig()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        config = _validate.instance("config", GPTConfig() if config is None else config, GPTConfig, "a GPTConfig")
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
@@ -201,14 +192,12 @@ class TinyGPT(nn.Module):
 
         ``prompt_ids``: a 1-D int64 tensor of at least one id (one prompt; a batch ``(B, T)`` is
         rejected). ``temperature=0`` picks the most likely character each step (greedy)."""
-        if not isinstance(prompt_ids, torch.Tensor):
-            raise TypeError(f"prompt_ids must be a 1-D torch.Tensor of ids, got {type(prompt_ids).__name__}")
+        _validate.instance("prompt_ids", prompt_ids, torch.Tensor, "a 1-D torch.Tensor of ids")
         if prompt_ids.dim() != 1 or len(prompt_ids) == 0:
             raise ValueError(f"prompt_ids must be a non-empty 1-D tensor (one prompt), got shape "
                              f"{tuple(prompt_ids.shape)}; for one row of a batch pass prompt_ids[i]")
-        _check_positive_int("new_tokens", new_tokens)
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        _validate.integer("new_tokens", new_tokens, 1)
+        _validate.real("temperature", temperature, 0)
         ids = prompt_ids.reshape(1, -1)
         for _ in range(new_tokens):
             logits = self(ids[:, -self.config.context:])[0, -1]
@@ -223,6 +212,4 @@ class TinyGPT(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     """The number of numbers in ``model``'s parameters (trainable or not)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in _validate.module("model", model).parameters())

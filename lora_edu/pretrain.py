@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from . import _validate
 from .data import DIGITS_TASKS, DigitsTask, evaluation_windows, load_corpus, load_digits_task, random_windows
 from .models import DigitsMLP, GPTConfig, TinyGPT
 from .training import evaluate_accuracy, evaluate_loss, train
@@ -127,15 +128,10 @@ def digits_accuracy(model, task) -> float:
     ``task``: a `lora_edu.data.DigitsTask`, or a task's name (one of `lora_edu.data.DIGITS_TASKS`,
     loaded onto the model's device). See notebook 05_finetuning_strategies_compared.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     if isinstance(task, str):
-        if task not in DIGITS_TASKS:
-            raise ValueError(f"task={task!r} is not a digits task; allowed values: {', '.join(DIGITS_TASKS)}")
-        task = load_digits_task(task, next(model.parameters()).device)
-    if not isinstance(task, DigitsTask):
-        raise TypeError(f"task must be a DigitsTask or a task name ({', '.join(DIGITS_TASKS)}), "
-                        f"got {type(task).__name__}")
+        task = load_digits_task(task, next(model.parameters()).device)  # checks the name
+    _validate.instance("task", task, DigitsTask, f"a DigitsTask or a task name ({', '.join(DIGITS_TASKS)})")
     return evaluate_accuracy(model, task.x_val, task.y_val)
 
 

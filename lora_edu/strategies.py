@@ -18,29 +18,28 @@ changes ``model`` in place, freezes what the strategy does not train, and return
   (BitFit, Ben Zaken et al. 2021). Cheap baselines.
 
 Each model class names its default targets (``linear_targets``, ``adapter_targets``, ``head_name``,
-see `lora_edu.models`); ``targets=`` overrides them with PEFT's rules (a list of names or dotted
+see `lora_edu.models`); ``target_modules=`` overrides them with PEFT's rules (a list of names or dotted
 suffixes, or a regular expression matched against full names).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import LoRALinear, LoraConfig, add_lora, target_matches
+from . import _validate
+from .lora import LoRALinear, LoraConfig, _check_target_modules, add_lora, target_matches
 
 STRATEGIES = ("full", "dense_delta", "adapters", "lora", "head_only", "bias_only")
 MERGEABLE = ("dense_delta", "lora")
 STRATEGY_OPTIONS = {
     "full": {},
-    "dense_delta": {"targets": None},
-    "adapters": {"targets": None, "bottleneck": 8, "init_scale": 1e-3},
-    "lora": {"targets": None, "r": 4, "alpha": 8.0, "dropout": 0.0},
+    "dense_delta": {"target_modules": None},
+    "adapters": {"target_modules": None, "bottleneck": 8, "init_scale": 1e-3},
+    "lora": {"target_modules": None, "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0},
     "head_only": {"head": None},
     "bias_only": {},
 }
@@ -57,8 +56,7 @@ class DenseDeltaLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear):
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
@@ -108,8 +106,7 @@ class SerialAdapter(nn.Module):
     """
 
     def __init__(self, sublayer: nn.Module, bottleneck: int, init_scale: float = 1e-3):
-        if not isinstance(sublayer, nn.Module):
-            raise TypeError(f"sublayer must be a torch.nn.Module, got {type(sublayer).__name__}")
+        _validate.module("sublayer", sublayer)
         super().__init__()
         features = output_features(sublayer)
         self.sublayer = sublayer
@@ -128,43 +125,27 @@ class SerialAdapter(nn.Module):
 _WRAPPERS = (LoRALinear, DenseDeltaLinear, SerialAdapter)
 
 
-def _check_targets(targets) -> None:
-    if isinstance(targets, str):
-        if not targets:
-            raise ValueError("targets must not be empty: a list of module names or a regular expression")
-        try:
-            re.compile(targets)
-        except re.error as error:
-            raise ValueError(f"targets={targets!r} is not a valid regular expression: {error}") from None
-        return
-    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
-        raise TypeError(f"targets must be a non-empty list of module names or a regular expression (str), "
-                        f"got {targets!r}")
-
-
 def _resolve_targets(model: nn.Module, targets, default_attribute: str, kind: type | None) -> list[str]:
     """Full names of the modules ``targets`` selects (``kind``: the type they must have, if any)."""
     if targets is None:
         targets = getattr(model, default_attribute, None)
         if targets is None:
-            raise ValueError(f"targets must be given: {type(model).__name__} has no default "
+            raise ValueError(f"target_modules must be given: {type(model).__name__} has no default "
                              f"{default_attribute!r} attribute")
-    _check_targets(targets)
-    if not isinstance(targets, str):
-        targets = list(targets)
+    targets = _check_target_modules(targets)
     names = [n for n, _ in model.named_modules() if n and target_matches(n, targets)]
     if not names:
         existing = [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
-        raise ValueError(f"targets={targets!r} matches no module of this model; modules that exist: "
+        raise ValueError(f"target_modules={targets!r} matches no module of this model; modules that exist: "
                          f"{', '.join(existing)}")
     if kind is not None:
         wrong = [f"{n} ({type(model.get_submodule(n)).__name__})" for n in names
                  if not isinstance(model.get_submodule(n), kind)]
         if wrong:
-            raise TypeError(f"targets={targets!r} matches {', '.join(wrong)}, which is not a {kind.__name__}")
+            raise TypeError(f"target_modules={targets!r} matches {', '.join(wrong)}, which is not a {kind.__name__}")
     nested = [n for n in names if any(n.startswith(o + ".") for o in names)]
     if nested:
-        raise ValueError(f"targets={targets!r} selects modules inside other targets: {', '.join(nested)}")
+        raise ValueError(f"target_modules={targets!r} selects modules inside other targets: {', '.join(nested)}")
     return names
 
 
@@ -182,18 +163,16 @@ def _check_config(name: str, config: dict) -> dict:
     merged = dict(allowed)
     merged.update(config)
     if name == "adapters":
-        bottleneck, scale = merged["bottleneck"], merged["init_scale"]
-        if isinstance(bottleneck, bool) or not isinstance(bottleneck, numbers.Integral) or bottleneck < 1:
-            raise ValueError(f"bottleneck must be a positive int (the adapter's width m), got {bottleneck!r}")
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
-            raise ValueError(f"init_scale must be a finite number >= 0, got {scale!r}")
+        _validate.integer("bottleneck", merged["bottleneck"], 1, hint="(the adapter's width m)")
+        _validate.real("init_scale", merged["init_scale"], 0)
     if name == "lora":
-        merged["config"] = LoraConfig(r=merged["r"], lora_alpha=merged["alpha"], lora_dropout=merged["dropout"])
+        merged["config"] = LoraConfig(r=merged["r"], lora_alpha=merged["lora_alpha"], lora_dropout=merged["lora_dropout"])
     return merged
 
 
 def strategy_of(model: nn.Module) -> str | None:
-    """The name of the strategy applied to ``model`` by `apply_strategy`, or None."""
+    """The name of the strategy applied to ``model`` by `apply_strategy`, or None. After `merge_and_unload`
+    the name stays and ``model.finetuning_merged`` is True."""
     return getattr(model, "finetuning_strategy", None)
 
 
@@ -201,16 +180,14 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
     """Prepare ``model`` for fine-tuning with strategy ``name``, in place; returns the same model.
 
     ``name``: one of `STRATEGIES`; ``config``: the strategy's options (`STRATEGY_OPTIONS`, e.g.
-    ``r=4, alpha=8`` for LoRA, ``bottleneck=8`` for adapters, ``targets=[...]``). Trainable
+    ``r=4, lora_alpha=8`` for LoRA, ``bottleneck=8`` for adapters, ``target_modules=[...]``). Trainable
     numbers added per target ``W0 (out, in)``: dense ΔW ``out·in``; LoRA ``r·(in + out)``; an adapter
     on a width-``d`` output ``2·d·m + m + d``. Everything is checked first: a bad name, option or
     target raises ValueError/TypeError and leaves the model unchanged; so does a second strategy on
     the same model. See notebook 05_finetuning_strategies_compared.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if name not in STRATEGIES:
-        raise ValueError(f"name={name!r} is not a fine-tuning strategy; allowed values: {', '.join(STRATEGIES)}")
+    _validate.module("model", model)
+    _validate.choice("name", name, STRATEGIES)
     if strategy_of(model) is not None or any(isinstance(m, _WRAPPERS) for m in model.modules()):
         raise ValueError(f"model already has a fine-tuning strategy ({strategy_of(model) or 'wrapped layers'}); "
                          "apply a strategy to a fresh copy of the base model")
@@ -219,12 +196,12 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
     if name == "full":
         model.requires_grad_(True)
     elif name == "dense_delta":
-        names = _resolve_targets(model, options["targets"], "linear_targets", nn.Linear)
+        names = _resolve_targets(model, options["target_modules"], "linear_targets", nn.Linear)
         model.requires_grad_(False)
         for target in names:
             _replace(model, target, DenseDeltaLinear(model.get_submodule(target)))
     elif name == "adapters":
-        names = _resolve_targets(model, options["targets"], "adapter_targets", None)
+        names = _resolve_targets(model, options["target_modules"], "adapter_targets", None)
         for target in names:  # check every output width before changing anything
             output_features(model.get_submodule(target))
         model.requires_grad_(False)
@@ -232,9 +209,9 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
             _replace(model, target, SerialAdapter(model.get_submodule(target), int(options["bottleneck"]),
                                                   float(options["init_scale"])))
     elif name == "lora":
-        # Resolve here so a typo is reported as targets=... (this function's parameter), not as
+        # Resolve here so a typo is reported as target_modules=... (this function's parameter), not as
         # add_lora's target_modules=...; add_lora then gets exactly the layers found.
-        names = _resolve_targets(model, options["targets"], "linear_targets", nn.Linear)
+        names = _resolve_targets(model, options["target_modules"], "linear_targets", nn.Linear)
         add_lora(model, dataclasses.replace(options["config"], target_modules=names))
     elif name == "head_only":
         head = options["head"] or getattr(model, "head_name", None)
@@ -260,8 +237,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Full fine-tuning: the whole model; LoRA: ``lora_A``/``lora_B``; dense ΔW: ``delta_weight``s; adapters:
     ``down``/``up``; head only: the head. Load it back with ``model.load_state_dict(sd, strict=False)``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -269,16 +245,16 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold a LoRA or dense-ΔW update into the frozen weights and put the plain ``nn.Linear`` layers back.
 
     Afterwards the model has exactly the base model's architecture (PEFT's ``merge_and_unload``), so it
-    runs at the base model's speed. In place; returns the model. Raises ValueError for serial adapters
+    runs at the base model's speed. In place; returns the model, with ``model.finetuning_merged = True``
+    (`strategy_of` still gives the strategy's name). Raises ValueError for serial adapters
     (not mergeable), a model without a strategy, or one already merged. See notebook
     05_finetuning_strategies_compared.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     name = strategy_of(model)
     if name is None:
         raise ValueError("model has no fine-tuning strategy to merge; apply_strategy(model, ...) first")
-    if name.endswith("(merged)"):
+    if getattr(model, "finetuning_merged", False):
         raise ValueError("model has already been merged and unloaded")
     if name not in MERGEABLE:
         raise ValueError(f"strategy {name!r} cannot be merged; mergeable strategies: {', '.join(MERGEABLE)}"
@@ -292,7 +268,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         if not layer.merged:
             layer.merge()
         _replace(model, layer_name, layer.base)
-    model.finetuning_strategy = f"{name} (merged)"
+    model.finetuning_merged = True
     return model
 
 

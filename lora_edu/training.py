@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate
+
 QUIET_ENV_VARS = ("LORA_EDU_QUIET", "PYTEST_CURRENT_TEST")
 WARMUP_STEPS_NOT_TIMED = 3
 
@@ -33,9 +35,7 @@ WARMUP_STEPS_NOT_TIMED = 3
 def progress_enabled(progress: bool | None = None) -> bool:
     """Whether the training bar is shown: ``progress`` if given, else automatic (see the module docstring)."""
     if progress is not None:
-        if not isinstance(progress, bool):
-            raise TypeError(f"progress must be True, False or None (automatic), got {type(progress).__name__}")
-        return progress
+        return _validate.instance("progress", progress, bool, "True, False or None (automatic)")
     if any(os.environ.get(name) for name in QUIET_ENV_VARS):
         return False
     if os.environ.get("JPY_SESSION_NAME"):  # a kernel started by JupyterLab / Jupyter Notebook
@@ -74,8 +74,7 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     if len(x) == 0 or y.numel() == 0:
         raise ValueError(f"x and y must hold at least one example, got x of shape {tuple(x.shape)} "
                          f"and y of shape {tuple(y.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _validate.integer("batch_size", batch_size, 1)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -145,13 +144,6 @@ class TrainingResult:
         return self.evaluations[name][-1]
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-
-
 def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: float, *,
           evaluate: Callable[[nn.Module], dict] | None = None, eval_every: int | None = None,
           weight_decay: float = 0.0, warmup_steps: int = 0, final_lr_fraction: float = 1.0,
@@ -167,20 +159,16 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
     mode (``model.eval()``) when training ends; call ``model.train()`` to continue training with
     dropout. Returns a `TrainingResult`. See notebook 05_finetuning_strategies_compared.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     if not callable(next_batch):
         raise TypeError(f"next_batch must be a callable step -> (x, y), got {type(next_batch).__name__}")
-    _check_int("steps", steps, 1)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    _check_int("warmup_steps", warmup_steps, 0)
-    if not isinstance(final_lr_fraction, (int, float)) or not 0 <= final_lr_fraction <= 1:
-        raise ValueError(f"final_lr_fraction must be a number in [0, 1], got {final_lr_fraction!r}")
+    _validate.integer("steps", steps, 1)
+    _validate.positive("lr", lr)
+    _validate.real("weight_decay", weight_decay, 0)
+    _validate.integer("warmup_steps", warmup_steps, 0)
+    _validate.real("final_lr_fraction", final_lr_fraction, 0, 1)
     if eval_every is not None:
-        _check_int("eval_every", eval_every, 1)
+        _validate.integer("eval_every", eval_every, 1)
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"evaluate must be a callable model -> dict or None, got {type(evaluate).__name__}")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from lora_edu import LoRALinear
+from lora_edu import LoraConfig, LoRALinear
 from lora_edu.checks import NOT_ANSWERED
 from lora_edu.exercises import nb04
 
@@ -14,9 +14,9 @@ from lora_edu.exercises import nb04
 @pytest.fixture
 def layer():
     torch.manual_seed(0)
-    layer = LoRALinear(nn.Linear(5, 3), r=2, alpha=6)
+    layer = LoRALinear(nn.Linear(5, 3), LoraConfig(r=2, lora_alpha=6))
     with torch.no_grad():
-        layer.lora_B.normal_()
+        layer.lora_B["default"].normal_()
     return layer
 
 
@@ -47,23 +47,23 @@ def test_scaling():
 def test_lora_output(layer):
     x = torch.randn(4, 5)
     layer.eval()
-    right = layer.base(x) + 3.0 * (x @ layer.lora_A.T) @ layer.lora_B.T
+    right = layer.base(x) + 3.0 * (x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T
     assert nb04.check_lora_output(right, x, layer)
     assert nb04.check_lora_output(layer(x), x, layer)
     frozen_only = nb04.check_lora_output(layer.base(x), x, layer)
     assert not frozen_only and "frozen layer alone" in frozen_only.message and "largest difference" in frozen_only.message
-    no_scaling = nb04.check_lora_output(layer.base(x) + (x @ layer.lora_A.T) @ layer.lora_B.T, x, layer)
+    no_scaling = nb04.check_lora_output(layer.base(x) + (x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T, x, layer)
     assert not no_scaling and "missing its scaling" in no_scaling.message
-    alpha = nb04.check_lora_output(layer.base(x) + 6 * (x @ layer.lora_A.T) @ layer.lora_B.T, x, layer)
+    alpha = nb04.check_lora_output(layer.base(x) + 6 * (x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T, x, layer)
     assert not alpha and "scaled by α" in alpha.message
     transposed = nb04.check_lora_output(right.T, x, layer)
     assert not transposed and "shape (3, 4), expected (4, 3)" in transposed.message
 
 
 def test_delta_weight(layer):
-    right = 3.0 * layer.lora_B @ layer.lora_A
+    right = 3.0 * layer.lora_B["default"] @ layer.lora_A["default"]
     assert nb04.check_delta_weight(right, layer)
-    unscaled = nb04.check_delta_weight(layer.lora_B @ layer.lora_A, layer)
+    unscaled = nb04.check_delta_weight(layer.lora_B["default"] @ layer.lora_A["default"], layer)
     assert not unscaled and "carries the scaling" in unscaled.message
     merged = nb04.check_delta_weight(layer.base.weight + right, layer)
     assert not merged and "merged weight" in merged.message
@@ -105,7 +105,7 @@ def test_lora_output_refuses_a_merged_layer(layer):
 
 def test_delta_weight_is_the_same_for_a_merged_layer(layer):
     w0 = layer.base.weight.detach().clone()
-    right = 3.0 * layer.lora_B @ layer.lora_A
+    right = 3.0 * layer.lora_B["default"] @ layer.lora_A["default"]
     layer.merge()
     assert nb04.check_delta_weight(right, layer)
     assert nb04.check_delta_weight(layer.base.weight - w0, layer)      # measured from merge() itself
@@ -126,5 +126,5 @@ def test_answer_types_are_accepted_consistently(layer):
     for right in (2.0, 2, np.float64(2.0), torch.tensor(2.0)):
         assert nb04.check_scaling(right, 16, 8), right
     assert not nb04.check_scaling(True, 16, 8) and not nb04.check_scaling("2", 16, 8)
-    right_delta = 3.0 * layer.lora_B @ layer.lora_A
+    right_delta = 3.0 * layer.lora_B["default"] @ layer.lora_A["default"]
     assert nb04.check_delta_weight(right_delta.detach().numpy(), layer)

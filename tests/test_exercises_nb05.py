@@ -3,7 +3,7 @@ import pytest
 
 from lora_edu import models, strategies
 from lora_edu.exercises import nb05
-from lora_edu.measure import count_trainable, lora_flop_ratio, training_memory_bytes
+from lora_edu.measure import count_trainable, lora_flop_ratio, measured_training_memory_bytes
 
 
 def test_unanswered_checks_say_so():
@@ -13,7 +13,7 @@ def test_unanswered_checks_say_so():
 
 
 def test_exercise_1_lora_parameters_agree_with_a_real_layer():
-    model = strategies.apply_strategy(models.TinyGPT(), "lora", targets=["blocks.0.mlp.up_proj"], r=2, alpha=4)
+    model = strategies.apply_strategy(models.TinyGPT(), "lora", target_modules=["blocks.0.mlp.up_proj"], r=2, lora_alpha=4)
     right = count_trainable(model).trainable
     assert nb05.check_lora_layer_parameters(right, 256, 64, 2).passed
     wrong = nb05.check_lora_layer_parameters(256 * 64, 256, 64, 2)
@@ -26,7 +26,7 @@ def test_exercise_1_lora_parameters_agree_with_a_real_layer():
 
 def test_exercise_2_training_bytes_agree_with_measure():
     model = models.DigitsMLP()
-    memory = training_memory_bytes(model)
+    memory = measured_training_memory_bytes(model)
     trainable = count_trainable(model).trainable
     right = memory["trainable_weights"] + memory["gradients"] + 2 * memory["trainable_weights"]
     assert nb05.check_training_bytes(right, trainable).passed

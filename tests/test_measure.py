@@ -11,7 +11,7 @@ def test_counts_and_percent():
     assert count.trainable == 16 * 10 + 10
     assert count.total == models.count_parameters(models.DigitsMLP(hidden=16))
     assert count.percent_of(count.total) == pytest.approx(100 * 170 / count.total)
-    with pytest.raises(ValueError, match="base_total must be positive"):
+    with pytest.raises(ValueError, match="base_total must be a finite number > 0"):
         count.percent_of(0)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         measure.count_trainable([1, 2])
@@ -19,7 +19,7 @@ def test_counts_and_percent():
 
 def test_training_memory_is_16_bytes_per_trainable_number_in_float32():
     model = strategies.apply_strategy(models.DigitsMLP(hidden=16), "lora", r=2)
-    memory = measure.training_memory_bytes(model)
+    memory = measure.measured_training_memory_bytes(model)
     trainable = measure.count_trainable(model).trainable
     tensors = sum(1 for p in model.parameters() if p.requires_grad)
     assert memory["trainable_weights"] == 4 * trainable
@@ -28,16 +28,16 @@ def test_training_memory_is_16_bytes_per_trainable_number_in_float32():
     assert memory["total"] == memory["weights"] + memory["gradients"] + memory["optimizer"]
     assert memory["total"] > memory["trainable_total"]  # the frozen base weights are still in memory
     half = models.DigitsMLP(hidden=16).half()
-    assert measure.training_memory_bytes(half)["trainable_weights"] == 2 * models.count_parameters(half)
+    assert measure.measured_training_memory_bytes(half)["trainable_weights"] == 2 * models.count_parameters(half)
 
 
-def test_checkpoint_bytes_grow_with_the_data():
-    small = measure.checkpoint_bytes({"a": torch.zeros(10)})
-    large = measure.checkpoint_bytes({"a": torch.zeros(1000)})
+def test_measured_checkpoint_bytes_grow_with_the_data():
+    small = measure.measured_checkpoint_bytes({"a": torch.zeros(10)})
+    large = measure.measured_checkpoint_bytes({"a": torch.zeros(1000)})
     assert 990 * 4 <= large - small <= 990 * 4 + 16  # the data, plus a few header digits
     assert small < 200  # a small JSON header
     with pytest.raises(ValueError, match="non-empty mapping"):
-        measure.checkpoint_bytes({})
+        measure.measured_checkpoint_bytes({})
 
 
 def test_lora_flop_ratio():
@@ -57,7 +57,7 @@ def test_latency_measurements_run_and_return_every_model():
         measure.measure_latencies({"a": a}, torch.zeros(1, 64), repeats=0)
     with pytest.raises(TypeError, match="example must be a torch.Tensor"):
         measure.measure_latencies({"a": a}, [0.0] * 64)
-    with pytest.raises(ValueError, match="min_sample_seconds must be a number in"):
+    with pytest.raises(ValueError, match="min_sample_seconds must be a finite number >= 0 and <= 1, got -1"):
         measure.measure_latencies({"a": a}, torch.zeros(1, 64), min_sample_seconds=-1)
 
 
@@ -80,7 +80,7 @@ def test_time_state_load_swaps_the_weights():
     model = strategies.apply_strategy(models.DigitsMLP(hidden=8), "lora", r=2)
     state = {k: torch.ones_like(v) for k, v in strategies.trainable_state_dict(model).items()}
     assert measure.time_state_load(model, state, repeats=2) > 0
-    assert torch.equal(model.fc1.lora_A, torch.ones_like(model.fc1.lora_A))
+    assert torch.equal(model.fc1.lora_A["default"], torch.ones_like(model.fc1.lora_A["default"]))
     with pytest.raises(ValueError, match="keys the model lacks: nope"):
         measure.time_state_load(model, {"nope": torch.zeros(1)})
 
@@ -96,6 +96,6 @@ def test_wrong_types_raise_type_error():
     with pytest.raises(TypeError, match="repeats must be an int >= 1"):
         measure.measure_latencies({"a": models.DigitsMLP(hidden=8)}, torch.zeros(1, 64), repeats="3")
     with pytest.raises(TypeError, match="tensors must be a mapping of names to tensors, got list"):
-        measure.checkpoint_bytes([torch.zeros(2)])
+        measure.measured_checkpoint_bytes([torch.zeros(2)])
     with pytest.raises(TypeError, match="tensors must map str names to torch.Tensor values; wrong entries: w"):
-        measure.checkpoint_bytes({"w": [1.0, 2.0]})
+        measure.measured_checkpoint_bytes({"w": [1.0, 2.0]})

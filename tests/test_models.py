@@ -43,13 +43,13 @@ def test_gpt_rejects_bad_input():
         model(torch.zeros(65, dtype=torch.long))
     with pytest.raises(ValueError, match="divisible by n_heads"):
         models.GPTConfig(d_model=30, n_heads=4)
-    with pytest.raises(ValueError, match="n_layers must be a positive int"):
+    with pytest.raises(ValueError, match="n_layers must be an int >= 1, got 0"):
         models.GPTConfig(n_layers=0)
-    with pytest.raises(TypeError, match="context must be a positive int"):
+    with pytest.raises(TypeError, match="context must be an int >= 1, got float 64.0"):
         models.GPTConfig(context=64.0)
     with pytest.raises(TypeError, match="config must be a GPTConfig"):
         models.TinyGPT({"d_model": 64})
-    with pytest.raises(ValueError, match="hidden must be a positive int"):
+    with pytest.raises(ValueError, match="hidden must be an int >= 1, got 0"):
         models.DigitsMLP(hidden=0)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         models.count_parameters("model")
@@ -61,7 +61,7 @@ def test_generate_is_greedy_and_deterministic():
     a = model.generate(prompt, 30, temperature=0)
     assert torch.equal(a, model.generate(prompt, 30, temperature=0))
     assert len(a) == 34 and torch.equal(a[:4], prompt)
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got -1"):
         model.generate(prompt, 3, temperature=-1)
 
 
@@ -119,7 +119,7 @@ def test_digits_accuracy_accepts_a_task_name_and_rejects_others():
     model = pretrain.pretrained_digits_mlp()
     by_name = pretrain.digits_accuracy(model, "mirrored")
     assert by_name == pretrain.digits_accuracy(model, data.load_digits_task("mirrored"))
-    with pytest.raises(ValueError, match="task='flipped' is not a digits task; allowed values: original"):
+    with pytest.raises(ValueError, match="task='flipped' is not allowed; allowed values: 'original'"):
         pretrain.digits_accuracy(model, "flipped")
     with pytest.raises(TypeError, match="task must be a DigitsTask or a task name"):
         pretrain.digits_accuracy(model, 3)

@@ -81,7 +81,9 @@ def test_merge_and_unload_gives_the_base_architecture_and_same_outputs(name):
             if p.requires_grad:
                 p.normal_(0, 0.1)
     before = model(ids())
+    assert not getattr(model, "finetuning_merged", False)
     strategies.merge_and_unload(model)
+    assert strategies.strategy_of(model) == name and model.finetuning_merged is True  # the name stays plain
     assert not any(isinstance(m, (LoRALinear, strategies.DenseDeltaLinear)) for m in model.modules())
     assert set(model.state_dict()) == set(small_gpt().state_dict())
     assert torch.allclose(model(ids()), before, atol=1e-5)
@@ -124,13 +126,13 @@ def test_dense_delta_merge_unmerge_round_trip():
 def test_trainable_state_dict_is_what_must_be_stored():
     model = strategies.apply_strategy(small_gpt(), "lora", r=2)
     stored = strategies.trainable_state_dict(model)
-    assert stored and all(k.endswith(("lora_A", "lora_B")) for k in stored)
+    assert stored and all(k.endswith(("lora_A.default", "lora_B.default")) for k in stored)
     full = strategies.apply_strategy(small_gpt(), "full")
     assert set(strategies.trainable_state_dict(full)) == set(full.state_dict())
 
 
 def test_digits_mlp_defaults():
-    model = strategies.apply_strategy(models.DigitsMLP(), "lora", r=4, alpha=8)
+    model = strategies.apply_strategy(models.DigitsMLP(), "lora", r=4, lora_alpha=8)
     assert count_trainable(model).trainable == 4 * (64 + 256) + 4 * (256 + 256)
     model = strategies.apply_strategy(models.DigitsMLP(), "adapters", bottleneck=8)
     assert count_trainable(model).trainable == 2 * (2 * 256 * 8 + 8 + 256)
@@ -138,23 +140,23 @@ def test_digits_mlp_defaults():
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda m: strategies.apply_strategy(m, "prefix_tuning"), ValueError,
-     "name='prefix_tuning' is not a fine-tuning strategy; allowed values: full, dense_delta, adapters, lora"),
-    (lambda m: strategies.apply_strategy(m, "lora", rank=4), TypeError, "no option.*rank.*allowed options: targets, r"),
+     "name='prefix_tuning' is not allowed; allowed values: 'full', 'dense_delta', 'adapters', 'lora'"),
+    (lambda m: strategies.apply_strategy(m, "lora", rank=4), TypeError, "no option.*rank.*allowed options: target_modules, r"),
     (lambda m: strategies.apply_strategy(m, "full", r=4), TypeError, "allowed options: none"),
-    (lambda m: strategies.apply_strategy(m, "lora", r=0), ValueError, "r must be a positive int"),
-    (lambda m: strategies.apply_strategy(m, "lora", alpha=-1.0), ValueError, "alpha must be a positive"),
-    (lambda m: strategies.apply_strategy(m, "dense_delta", targets=["nope"]), ValueError,
+    (lambda m: strategies.apply_strategy(m, "lora", r=0), ValueError, "r must be an int >= 1"),
+    (lambda m: strategies.apply_strategy(m, "lora", lora_alpha=-1.0), ValueError, "lora_alpha must be a finite number > 0"),
+    (lambda m: strategies.apply_strategy(m, "dense_delta", target_modules=["nope"]), ValueError,
      "matches no module of this model; modules that exist: .*q_proj"),
-    (lambda m: strategies.apply_strategy(m, "dense_delta", targets=["attn"]), TypeError, "not a Linear"),
-    (lambda m: strategies.apply_strategy(m, "lora", targets=["q_prj"]), ValueError,
-     r"^targets=\['q_prj'\] matches no module of this model; modules that exist: .*q_proj"),
-    (lambda m: strategies.apply_strategy(m, "lora", targets="q_proj("), ValueError,
-     "targets='q_proj\\(' is not a valid regular expression"),
-    (lambda m: strategies.apply_strategy(m, "dense_delta", targets=[]), TypeError, "non-empty list"),
-    (lambda m: strategies.apply_strategy(m, "adapters", bottleneck=0), ValueError, "bottleneck must be a positive int"),
-    (lambda m: strategies.apply_strategy(m, "adapters", init_scale=float("nan")), ValueError, "init_scale"),
-    (lambda m: strategies.apply_strategy(m, "adapters", targets=["ln1"]), TypeError, "output width"),
-    (lambda m: strategies.apply_strategy(m, "adapters", targets=["blocks.0", "blocks.0.attn"]), ValueError,
+    (lambda m: strategies.apply_strategy(m, "dense_delta", target_modules=["attn"]), TypeError, "not a Linear"),
+    (lambda m: strategies.apply_strategy(m, "lora", target_modules=["q_prj"]), ValueError,
+     r"^target_modules=\['q_prj'\] matches no module of this model; modules that exist: .*q_proj"),
+    (lambda m: strategies.apply_strategy(m, "lora", target_modules="q_proj("), ValueError,
+     "target_modules='q_proj\\(' is not a valid regular expression"),
+    (lambda m: strategies.apply_strategy(m, "dense_delta", target_modules=[]), ValueError, "must not be empty"),
+    (lambda m: strategies.apply_strategy(m, "adapters", bottleneck=0), ValueError, r"bottleneck must be an int >= 1 \(the adapter's width m\), got 0"),
+    (lambda m: strategies.apply_strategy(m, "adapters", init_scale=float("nan")), ValueError, "init_scale must be a finite number >= 0, got nan"),
+    (lambda m: strategies.apply_strategy(m, "adapters", target_modules=["ln1"]), TypeError, "output width"),
+    (lambda m: strategies.apply_strategy(m, "adapters", target_modules=["blocks.0", "blocks.0.attn"]), ValueError,
      "inside other targets"),
     (lambda m: strategies.apply_strategy(m, "head_only", head="classifier"), ValueError,
      "head='classifier' is not a module of this model"),
@@ -182,11 +184,11 @@ def test_a_second_strategy_is_refused():
 
 def test_model_without_defaults_needs_targets():
     plain = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    with pytest.raises(ValueError, match="targets must be given"):
+    with pytest.raises(ValueError, match="target_modules must be given"):
         strategies.apply_strategy(plain, "lora")
-    with pytest.raises(ValueError, match="targets must be given"):
+    with pytest.raises(ValueError, match="target_modules must be given"):
         strategies.apply_strategy(plain, "adapters")
-    strategies.apply_strategy(plain, "dense_delta", targets=["0"])
+    strategies.apply_strategy(plain, "dense_delta", target_modules=["0"])
     assert count_trainable(plain).trainable == 9
 
 
@@ -197,7 +199,7 @@ def test_bias_only_needs_biases():
 
 
 def test_lora_strategy_with_explicit_targets_adds_lora_only_there():
-    model = strategies.apply_strategy(small_gpt(), "lora", targets=["q_proj", "v_proj"], r=2)
+    model = strategies.apply_strategy(small_gpt(), "lora", target_modules=["q_proj", "v_proj"], r=2)
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     assert wrapped and all(n.endswith(("q_proj", "v_proj")) for n in wrapped)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lora_edu import models, strategies, training
-from lora_edu.measure import training_memory_bytes
+from lora_edu.measure import measured_training_memory_bytes
 
 
 def toy_problem():
@@ -34,7 +34,7 @@ def test_measured_gradient_and_adam_bytes_equal_the_formula():
     x, y = toy_problem()
     for name in ("full", "lora", "head_only"):
         model = strategies.apply_strategy(models.DigitsMLP(hidden=32), name)
-        expected = training_memory_bytes(model)
+        expected = measured_training_memory_bytes(model)
         result = training.train(model, lambda step: (x, y), 2, 1e-3)
         assert result.grad_bytes == expected["gradients"]
         assert result.optimizer_bytes == expected["optimizer"]
@@ -91,12 +91,12 @@ def test_forced_progress_bar_writes_to_stderr(monkeypatch, capsys):
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"steps": 0}, ValueError, "steps must be an int >= 1"),
     ({"steps": 2.5}, TypeError, "steps must be an int"),
-    ({"lr": 0.0}, ValueError, "lr must be a positive finite number"),
-    ({"lr": float("inf")}, ValueError, "lr must be a positive finite number"),
-    ({"weight_decay": -1.0}, ValueError, "weight_decay must be a number >= 0"),
+    ({"lr": 0.0}, ValueError, "lr must be a finite number > 0, got 0.0"),
+    ({"lr": float("inf")}, ValueError, "lr must be a finite number > 0, got inf"),
+    ({"weight_decay": -1.0}, ValueError, "weight_decay must be a finite number >= 0, got -1.0"),
     ({"eval_every": 0}, ValueError, "eval_every must be an int >= 1"),
     ({"warmup_steps": -1}, ValueError, "warmup_steps must be an int >= 0"),
-    ({"final_lr_fraction": 2.0}, ValueError, "final_lr_fraction must be a number in"),
+    ({"final_lr_fraction": 2.0}, ValueError, "final_lr_fraction must be a finite number >= 0 and <= 1, got 2.0"),
     ({"evaluate": "loss"}, TypeError, "evaluate must be a callable"),
     ({"next_batch": [1, 2]}, TypeError, "next_batch must be a callable"),
     ({"model": "mlp"}, TypeError, "model must be a torch.nn.Module"),
@@ -128,7 +128,7 @@ def test_evaluate_loss_rejects_empty_input():
     model = models.DigitsMLP(hidden=8)
     with pytest.raises(ValueError, match="x and y must hold at least one example"):
         training.evaluate_loss(model, torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         training.evaluate_loss(model, torch.zeros(2, 64), torch.zeros(2, dtype=torch.long), batch_size=0)
 
 

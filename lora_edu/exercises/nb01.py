@@ -5,16 +5,11 @@ returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+from ..checks import (NOT_ANSWERED, CheckResult, check_value, failed, is_number, not_answered, passed,
+                      with_hint)
 from ..linalg import as_matrix, numerical_rank
-
-
-def _hint(result: CheckResult, hint: str) -> CheckResult:
-    return result if result.passed is not False else failed(result.exercise, f"{result.message} Hint: {hint}")
 
 
 def check_stored_numbers(answer, d: int, k: int, r: int) -> CheckResult:
@@ -26,13 +21,13 @@ def check_stored_numbers(answer, d: int, k: int, r: int) -> CheckResult:
     if answer is NOT_ANSWERED:
         return not_answered(name)
     result = check_value(name, answer, r * (d + k), what="stored numbers")
-    if result.passed is not False or isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+    if result.passed is not False or not is_number(answer):
         return result
     if answer == d * k:
-        return _hint(result, f"{d}·{k} is the dense matrix; count the entries of B and of A instead.")
+        return with_hint(result, f"{d}·{k} is the dense matrix; count the entries of B and of A instead.")
     if answer == r * d * k:
-        return _hint(result, "B has d·r entries and A has r·k: add them, don't multiply.")
-    return _hint(result, f"B has {d}×{r} entries and A has {r}×{k}.")
+        return with_hint(result, "B has d·r entries and A has r·k: add them, don't multiply.")
+    return with_hint(result, f"B has {d}×{r} entries and A has {r}×{k}.")
 
 
 def check_matrix_of_rank(answer, shape: tuple[int, int], rank: int) -> CheckResult:

@@ -9,17 +9,13 @@ import numbers
 
 import numpy as np
 
-from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, is_number, not_answered, passed
 from ..linalg import _as_singular_values, energy_retained, truncation_error
-
-
-def _is_number(answer) -> bool:
-    return not isinstance(answer, bool) and isinstance(answer, (numbers.Real, np.floating, np.integer))
 
 
 def _rounding_hint(result: CheckResult, answer, expected: float) -> CheckResult:
     """A near miss (within 1 %) is almost always a value typed in rounded: say so."""
-    if result.passed is False and _is_number(answer) and abs(answer - expected) <= 0.01 * abs(expected):
+    if result.passed is False and is_number(answer) and abs(answer - expected) <= 0.01 * abs(expected):
         return failed(result.exercise, result.message + " Hint: close; compute the value in code instead of "
                                                         "typing a rounded number.")
     return result
@@ -36,7 +32,7 @@ def check_energy(answer, singular_values, r: int) -> CheckResult:
     sigma = _as_singular_values(singular_values)
     expected = energy_retained(sigma, r)
     result = check_value(name, answer, expected, rtol=1e-6, what="energy fraction")
-    if result.passed is False and _is_number(answer):
+    if result.passed is False and is_number(answer):
         if np.isclose(answer, sigma[:r].sum() / sigma.sum()):
             return failed(name, result.message + " Hint: energy uses squared singular values.")
         if 1 < answer <= 100 and abs(answer / 100 - expected) <= 0.01:
@@ -53,7 +49,7 @@ def check_truncation_error(answer, singular_values, r: int) -> CheckResult:
     sigma = _as_singular_values(singular_values)
     expected = truncation_error(sigma, r)
     result = check_value(name, answer, expected, rtol=1e-6, what="Frobenius error")
-    if result.passed is False and _is_number(answer):
+    if result.passed is False and is_number(answer):
         if np.isclose(answer, sigma[r:].sum()):
             return failed(name, result.message + " Hint: square the discarded σ's, sum, then take the root.")
         if np.isclose(answer, truncation_error(sigma, r) ** 2):

@@ -5,21 +5,16 @@ returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much.
 """
 from __future__ import annotations
 
-import math
 import numbers
 
-from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
+from ..checks import (NOT_ANSWERED, CheckResult, check_value, failed, hint_for_mistake, is_number, not_answered,
+                      passed)
 from ..counting import (TransformerShape, checkpoint_bytes, count_model_params, lora_params,
                         lora_trainable_params, training_memory_bytes)
 
 
 def _with_hint(result: CheckResult, answer, mistakes: dict) -> CheckResult:
-    if result.passed is not False or isinstance(answer, bool) or not isinstance(answer, numbers.Real):
-        return result
-    for value, hint in mistakes.items():
-        if math.isclose(answer, value, rel_tol=1e-9):
-            return failed(result.exercise, f"{result.message} Hint: {hint}")
-    return result
+    return hint_for_mistake(result, answer, mistakes.items(), rtol=1e-9)
 
 
 UNITS = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -27,7 +22,7 @@ UNITS = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20
 
 def _unit_hint(result: CheckResult, answer, expected: int) -> CheckResult:
     """An answer that matches ``expected`` once multiplied by a unit (1.99 for 1,991,036,928 B) was given in that unit."""
-    if result.passed is not False or isinstance(answer, bool) or not isinstance(answer, numbers.Real) or answer <= 0:
+    if result.passed is not False or not is_number(answer) or answer <= 0:
         return result
     slips = {unit: abs(answer * factor / expected - 1) for unit, factor in UNITS.items()}
     unit = min(slips, key=slips.get)

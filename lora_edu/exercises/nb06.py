@@ -12,22 +12,10 @@ import numbers
 
 import numpy as np
 
-from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered, passed
-from ..explore import directions_for_energy, loglog_slope, lora_scaling
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _hint(result: CheckResult, answer, mistakes, rtol: float = 1e-6) -> CheckResult:
-    """Add the hint of the first known mistake that ``answer`` reproduces."""
-    if result.passed is not False or not _is_number(answer):
-        return result
-    for candidate, hint in mistakes:
-        if math.isclose(float(answer), float(candidate), rel_tol=rtol, abs_tol=1e-12):
-            return failed(result.exercise, f"{result.message} Hint: {hint}")
-    return result
+from ..checks import (NOT_ANSWERED, CheckResult, check_value, failed, hint_for_mistake, is_number, not_answered,
+                      passed)
+from ..scaling_rules import lora_scaling
+from ..update_analysis import directions_for_energy, loglog_slope
 
 
 def check_rslora_ratio(answer, alpha: float, r: int) -> CheckResult:
@@ -38,7 +26,7 @@ def check_rslora_ratio(answer, alpha: float, r: int) -> CheckResult:
         return not_answered(name)
     lora, rslora = lora_scaling(alpha, r, "alpha/r"), lora_scaling(alpha, r, "alpha/sqrt(r)")
     result = check_value(name, answer, rslora / lora, rtol=1e-6, what="ratio")
-    return _hint(result, answer, [
+    return hint_for_mistake(result, answer, [
         (lora / rslora, "upside down: rsLoRA divides by √r, LoRA by r, so rsLoRA's factor is the larger one."),
         (r, "that is r; the ratio of α/√r to α/r is r/√r."),
         (rslora, "that is rsLoRA's scaling itself; divide it by LoRA's, α/r."),
@@ -61,7 +49,7 @@ def check_equivalent_lr(answer, alpha: float, lr: float, new_alpha: float, optim
     adam, sgd = lr * ratio, lr * ratio ** 2
     expected = adam if optimizer == "adam" else sgd
     result = check_value(name, answer, expected, rtol=1e-6, what="learning rate")
-    return _hint(result, answer, [
+    return hint_for_mistake(result, answer, [
         (sgd if optimizer == "adam" else adam,
          "that is the rule for the other optimizer: Adam's step ignores the gradient's scale (α·lr matters), "
          "SGD's step on B grows with α too (α²·lr matters)."),
@@ -72,7 +60,7 @@ def check_equivalent_lr(answer, alpha: float, lr: float, new_alpha: float, optim
 
 def _is_fit_coefficients(answer) -> bool:
     """True for a length-2 array of numbers, such as np.polyfit(x, y, 1) itself."""
-    if isinstance(answer, (str, bytes)) or _is_number(answer):
+    if isinstance(answer, (str, bytes)) or is_number(answer):
         return False
     try:
         values = np.asarray(answer, dtype=float)
@@ -98,7 +86,7 @@ def check_loglog_slope(answer, ranks, norms) -> CheckResult:
     linear = float(np.polyfit(x, y, 1)[0])
     semilog = float(np.polyfit(x, np.log(y), 1)[0])
     swapped = float(np.polyfit(np.log(y), np.log(x), 1)[0])
-    return _hint(result, answer, [
+    return hint_for_mistake(result, answer, [
         (-0.5, "that is the theory value; fit the measured norms (np.polyfit on their logarithms): the "
                "exercise asks what the measurement gives."),
         (linear, "that is the slope of the plain numbers; take the logarithm of both the ranks and the norms."),

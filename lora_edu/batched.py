@@ -1,0 +1,339 @@
+"""Training many LoRA configurations side by side on one frozen stack of linear layers.
+
+Explained in notebook 06_rank_and_alpha_explorer.
+
+- `train_lora_batch` trains G LoRA configurations side by side on one frozen stack of ``nn.Linear`` layers
+  with ReLU between them (`frozen_linear_stack` takes it from a model, e.g. the digits MLP): each
+  configuration has its own factors ``A (G, r, in)``, ``B (G, out, r)``, scaling ``s`` and learning rate,
+  and all of them see the same batches. One batched matrix product per layer replaces G separate models,
+  so a grid of more than a hundred runs fits in a few seconds of CPU time. Each slice computes exactly
+  what `lora_edu.LoRALinear` computes (``h = W0 x + b + s · B A x``) trained with Adam
+  (``tests/test_batched.py`` checks it against `lora_edu.add_lora` + `lora_edu.training.train`).
+- `run_lora_grid`: ranks × α rules × learning rates × scaling rules on a digits shift task (a `LoRAGrid`).
+- `compare_alpha_and_lr`: validation curves of several ``(α, lr)`` pairs at one rank.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _validate
+from .scaling_rules import ALPHA_RULES, FIXED_ALPHA, RANKS, SCALING_RULES, alpha_for, lora_init_A, lora_scaling
+
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "mse")
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+__all__ = ["batch_indices", "frozen_linear_stack", "BatchRun", "train_lora_batch", "LoRAGrid", "run_lora_grid",
+           "compare_alpha_and_lr"]
+
+
+def batch_indices(n: int, batch_size: int | None, steps: int, seed: int = 0) -> torch.Tensor:
+    """The training rows of every step, shape ``(steps, batch_size)``: uniform draws from ``range(n)``,
+    seeded, so every run of a grid (and full fine-tuning) sees the same batches. ``batch_size=None``
+    means the full batch ``arange(n)`` each step."""
+    n = _validate.integer("n", n, 1)
+    steps = _validate.integer("steps", steps, 1)
+    seed = _validate.integer("seed", seed, 0)
+    if batch_size is None:
+        return torch.arange(n).expand(steps, n)
+    batch_size = _validate.integer("batch_size", batch_size, 1)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n, (steps, batch_size), generator=generator)
+
+def frozen_linear_stack(model: nn.Module, target_modules=None, layer_names=None) -> tuple[list, list[int]]:
+    """A model's frozen ``nn.Linear`` layers in forward order, as `train_lora_batch` takes them:
+    ``[(W (out, in), b (out,)), ...]`` (``b`` is zeros for a layer without bias), and the positions of
+    ``target_modules`` among them.
+
+    ``layer_names``: the layers' names (as in ``model.named_modules()``) in the order the model applies
+    them, with a ReLU between each two and nothing else; default: the model's ``linear_stack``
+    (``("fc1", "fc2", "head")`` for `lora_edu.models.DigitsMLP`). ``target_modules``: the layers that get
+    LoRA; default: the model's ``linear_targets``. See notebook 06_rank_and_alpha_explorer.
+    """
+    _validate.module("model", model)
+    layer_names = _validate.sequence("layer_names", _model_default(model, layer_names, "layer_names", "linear_stack"),
+                                     what="nn.Linear names")
+    target_modules = _validate.sequence("target_modules",
+                                        _model_default(model, target_modules, "target_modules", "linear_targets"),
+                                        what="layer names")
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for name in layer_names:
+        _validate.choice("each of layer_names", name, linears)
+    for name in target_modules:
+        _validate.choice("each of target_modules", name, layer_names)
+    layers = []
+    for name in layer_names:
+        weight, bias = linears[name].weight.detach(), linears[name].bias
+        layers.append((weight, bias.detach() if bias is not None else weight.new_zeros(weight.shape[0])))
+    return layers, [layer_names.index(t) for t in target_modules]
+
+
+def _model_default(model: nn.Module, value, name: str, attribute: str):
+    """``value``, or when it is None the model's own default, the class attribute ``attribute``."""
+    if value is None:
+        value = getattr(model, attribute, None)
+        if value is None:
+            raise ValueError(f"{name} must be given: {type(model).__name__} has no default {attribute!r} attribute")
+    return value
+
+
+@dataclass
+class BatchRun:
+    """What `train_lora_batch` recorded for its G configurations.
+
+    ``train_loss``: (G, steps), the loss of each step's batch; ``eval_steps``: the steps at which the
+    validation set was scored (0 = before training); ``val_loss``: (G, len(eval_steps));
+    ``val_accuracy``: (G,) after the last step (classification only, else None);
+    ``factors``: ``{layer position: (A (G, r, in), B (G, out, r))}`` after training.
+    """
+
+    train_loss: np.ndarray
+    eval_steps: list[int]
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray | None
+    factors: dict = field(default_factory=dict, repr=False)
+
+
+def _forward(x, layers, lora, scaling):
+    """Frozen MLP with LoRA: ``z_i = h W_iᵀ + b_i + s (h A_iᵀ) B_iᵀ`` on the LoRA layers; ReLU between layers.
+    ``x``: (n, in) shared by every configuration; the result is (G, n, out)."""
+    h = x
+    for i, (w, b) in enumerate(layers):
+        z = h @ w.T + b
+        if i in lora:
+            a, bb = lora[i]
+            z = z + scaling * ((h @ a.transpose(1, 2)) @ bb.transpose(1, 2))
+        h = F.relu(z) if i < len(layers) - 1 else z
+    return h
+
+
+def _loss_per_config(output, target, loss: str):
+    """(G,) mean loss of each configuration. ``target``: (n,) class ids, or (n, out) / (G, n, out) values."""
+    g = output.shape[0]
+    if loss == "cross_entropy":
+        per_row = F.cross_entropy(output.reshape(-1, output.shape[-1]), target.expand(g, -1).reshape(-1),
+                                  reduction="none")
+        return per_row.view(g, -1).mean(dim=1)
+    return ((output - target) ** 2).reshape(g, -1).mean(dim=1)
+
+
+def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_rates, steps: int, *,
+                     loss: str = "cross_entropy", batch_size: int | None = 64, eval_every: int = 5,
+                     optimizer: str = "adam", seed: int = 0) -> BatchRun:
+    """Train G LoRA configurations of rank ``r`` side by side on one frozen stack of linear layers.
+
+    ``layers``: ``[(W (out, in), b (out,)), ...]``, applied in order with ReLU between them (see
+    `frozen_linear_stack`); ``target_positions``: positions of the layers that get LoRA; ``data``: anything with ``x_train (n, in)``, ``y_train``, ``x_val``, ``y_val``
+    (a `lora_edu.data.DigitsTask` or a `PlantedRankProblem`); for ``loss="mse"`` the targets may carry a
+    leading G dimension (one target per configuration). ``scalings`` and ``learning_rates``: G numbers.
+
+    Configuration g computes ``z = h W0ᵀ + b + s_g (h A_gᵀ) B_gᵀ`` on each target layer with
+    ``A_g (r, in)`` from `lora_init_A` (layer position i draws with seed ``seed + i``; the same start for
+    every g) and ``B_g (out, r) = 0``, and trains
+    ``A_g, B_g`` with Adam (β = 0.9, 0.999, ε = 1e-8, no weight decay, as `lora_edu.training.train`) or
+    plain SGD at its own learning rate. Every configuration sees the same batches (`batch_indices`).
+    Returns a `BatchRun`. See notebook 06_rank_and_alpha_explorer.
+    """
+    r = _validate.integer("r", r, 1)
+    steps = _validate.integer("steps", steps, 1)
+    eval_every = _validate.integer("eval_every", eval_every, 1)
+    seed = _validate.integer("seed", seed, 0)
+    _validate.choice("loss", loss, LOSSES)
+    _validate.choice("optimizer", optimizer, OPTIMIZERS)
+    scalings = _validate.positives("scalings", scalings)
+    learning_rates = _validate.positives("learning_rates", learning_rates)
+    if len(scalings) != len(learning_rates):
+        raise ValueError(f"scalings and learning_rates must have the same length (one per configuration), "
+                         f"got {len(scalings)} and {len(learning_rates)}")
+    layers = _validate.sequence("layers", layers, what="(W, b) pairs")
+    target_positions = _validate.integers("target_positions", target_positions, 0)
+    for position in target_positions:
+        _validate.integer("each of target_positions", position, 0, len(layers) - 1, hint="(a position in layers)")
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        if not isinstance(getattr(data, name, None), torch.Tensor):
+            raise TypeError(f"data must have tensors x_train, y_train, x_val, y_val; {name} is missing")
+    g = len(scalings)
+    device = layers[0][0].device
+    lora = {}
+    for position in target_positions:
+        w = layers[position][0]
+        a = lora_init_A(w.shape[1], r, seed + position, device)
+        lora[position] = (a.expand(g, -1, -1).clone().requires_grad_(True),
+                          torch.zeros(g, w.shape[0], r, device=device, requires_grad=True))
+    params = [p for pair in lora.values() for p in pair]
+    s = torch.tensor(scalings, device=device).view(g, 1, 1)
+    lr = torch.tensor(learning_rates, device=device).view(g, 1, 1)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    rows = batch_indices(len(data.x_train), batch_size, steps, seed).to(device)
+    per_config_targets = loss == "mse" and data.y_train.dim() == 3
+
+    def scored():
+        with torch.no_grad():
+            out = _forward(data.x_val, layers, lora, s)
+            return _loss_per_config(out, data.y_val, loss).cpu()
+
+    eval_steps, val_losses, train_losses = [0], [scored()], []
+    # Adam by hand rather than torch.optim.Adam: each configuration has its own learning rate, and here all G
+    # configurations live in one tensor (torch's optimizers take one learning rate per parameter tensor).
+    beta1, beta2 = ADAM_BETAS
+    for step in range(steps):
+        idx = rows[step]
+        y = data.y_train[:, idx] if per_config_targets else data.y_train[idx]
+        batch_loss = _loss_per_config(_forward(data.x_train[idx], layers, lora, s), y, loss)
+        for p in params:
+            p.grad = None
+        batch_loss.sum().backward()  # configurations share no parameters: each gets its own gradient
+        train_losses.append(batch_loss.detach().cpu())
+        with torch.no_grad():
+            t = step + 1
+            for p, (m, v) in zip(params, moments):
+                if optimizer == "sgd":
+                    p.sub_(lr * p.grad)
+                    continue
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denominator = (v / (1 - beta2 ** t)).sqrt().add_(ADAM_EPS)
+                p.sub_(lr * (m / (1 - beta1 ** t)) / denominator)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            eval_steps.append(step + 1)
+            val_losses.append(scored())
+    accuracy = None
+    if loss == "cross_entropy":
+        with torch.no_grad():
+            out = _forward(data.x_val, layers, lora, s)
+            accuracy = (out.argmax(dim=-1) == data.y_val).float().mean(dim=1).cpu().numpy()
+    factors = {k: (a.detach(), b.detach()) for k, (a, b) in lora.items()}
+    return BatchRun(torch.stack(train_losses, 1).numpy(), eval_steps, torch.stack(val_losses, 1).numpy(),
+                    accuracy, factors)
+
+
+@dataclass
+class LoRAGrid:
+    """Learning curves of LoRA on a digits task for every rank × α rule × learning rate × scaling rule.
+
+    ``val_loss``: (R, A, L, S, E) validation cross-entropy at ``eval_steps``; ``val_accuracy``:
+    (R, A, L, S) after the last step; ``scaling``: (R, A, S), the factor s each combination used.
+    Look results up by value with `curve`, `final_loss`, `accuracy`.
+    """
+
+    ranks: tuple
+    alpha_rules: tuple
+    learning_rates: tuple
+    scaling_rules: tuple
+    fixed_alpha: float
+    eval_steps: list[int]
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray
+    scaling: np.ndarray
+    base_val_loss: float
+    base_val_accuracy: float
+
+    def index(self, r, alpha_rule, lr, scaling_rule) -> tuple[int, int, int, int]:
+        """Positions of the four values in the grid; a value that is not in the grid raises ValueError."""
+        _validate.choice("r", r, self.ranks)
+        _validate.choice("alpha_rule", alpha_rule, self.alpha_rules)
+        _validate.choice("scaling_rule", scaling_rule, self.scaling_rules)
+        matches = [i for i, v in enumerate(self.learning_rates) if math.isclose(v, lr, rel_tol=1e-9)]
+        if not matches:
+            raise ValueError(f"lr={lr!r} is not in the grid; allowed values: "
+                             f"{', '.join(f'{v:g}' for v in self.learning_rates)}")
+        return (self.ranks.index(r), self.alpha_rules.index(alpha_rule), matches[0],
+                self.scaling_rules.index(scaling_rule))
+
+    def curve(self, r, alpha_rule, lr, scaling_rule="alpha/r") -> np.ndarray:
+        """(E,): the validation loss at ``eval_steps`` of one run."""
+        return self.val_loss[self.index(r, alpha_rule, lr, scaling_rule)]
+
+    def final_loss(self, r, alpha_rule, lr, scaling_rule="alpha/r") -> float:
+        return float(self.curve(r, alpha_rule, lr, scaling_rule)[-1])
+
+    def accuracy(self, r, alpha_rule, lr, scaling_rule="alpha/r") -> float:
+        return float(self.val_accuracy[self.index(r, alpha_rule, lr, scaling_rule)])
+
+    def best_accuracy_per_rank(self) -> np.ndarray:
+        """(R,): the best final accuracy of each rank over every α rule, learning rate and scaling rule."""
+        return self.val_accuracy.reshape(len(self.ranks), -1).max(axis=1)
+
+    def smallest_rank_reaching(self, accuracy: float) -> int | None:
+        """The smallest rank whose best run reaches ``accuracy`` (a fraction), or None."""
+        for r, best in zip(self.ranks, self.best_accuracy_per_rank()):
+            if best >= accuracy:
+                return r
+        return None
+
+
+def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RULES,
+                  learning_rates=(2.5e-3, 5e-3, 1e-2), scaling_rules=SCALING_RULES,
+                  fixed_alpha: float = FIXED_ALPHA, steps: int = 60, batch_size: int = 64,
+                  eval_every: int = 5, seed: int = 0, target_modules=None) -> LoRAGrid:
+    """Train LoRA on ``task`` (a `lora_edu.data.DigitsTask`) from the frozen ``base_model`` (a classifier
+    `frozen_linear_stack` can read, e.g. the digits MLP; LoRA on ``target_modules``, default the model's
+    ``linear_targets``) for every combination, rank by rank, each rank's combinations side by side
+    (`train_lora_batch`).
+
+    Combination (r, α rule, lr, scaling rule) uses ``α = alpha_for(rule, r, fixed_alpha)`` and
+    ``s = lora_scaling(α, r, scaling_rule)``. Cost: about ``len(ranks) × steps`` batched steps.
+    Returns a `LoRAGrid`. See notebook 06_rank_and_alpha_explorer.
+    """
+    ranks = _validate.integers("ranks", ranks)
+    learning_rates = _validate.positives("learning_rates", learning_rates)
+    alpha_rules = _validate.sequence("alpha_rules", alpha_rules, what="α rules")
+    scaling_rules = _validate.sequence("scaling_rules", scaling_rules, what="scaling rules")
+    for rule in alpha_rules:
+        _validate.choice("each of alpha_rules", rule, ALPHA_RULES)
+    for rule in scaling_rules:
+        _validate.choice("each of scaling_rules", rule, SCALING_RULES)
+    layers, positions = frozen_linear_stack(base_model, target_modules)
+    task = task.to(layers[0][0].device)
+    shape = (len(ranks), len(alpha_rules), len(learning_rates), len(scaling_rules))
+    combos = [(a, l, s) for a in range(shape[1]) for l in range(shape[2]) for s in range(shape[3])]
+    val_loss, eval_steps = None, None
+    val_accuracy, scaling = np.zeros(shape), np.zeros((shape[0], shape[1], shape[3]))
+    for ri, r in enumerate(ranks):
+        scalings = [lora_scaling(alpha_for(alpha_rules[a], r, fixed_alpha), r, scaling_rules[s]) for a, _, s in combos]
+        run = train_lora_batch(layers, positions, task, r, scalings, [learning_rates[l] for _, l, _ in combos],
+                               steps, batch_size=batch_size, eval_every=eval_every, seed=seed)
+        if val_loss is None:
+            eval_steps = run.eval_steps
+            val_loss = np.zeros(shape + (len(eval_steps),))
+        for c, (a, l, s) in enumerate(combos):
+            val_loss[ri, a, l, s] = run.val_loss[c]
+            val_accuracy[ri, a, l, s] = run.val_accuracy[c]
+            scaling[ri, a, s] = scalings[c]
+    with torch.no_grad():
+        base = _forward(task.x_val, layers, {}, 0.0)  # the frozen model alone: (n_val, classes)
+        base_loss = float(F.cross_entropy(base, task.y_val))
+        base_accuracy = float((base.argmax(-1) == task.y_val).float().mean())
+    return LoRAGrid(ranks, alpha_rules, learning_rates, scaling_rules, float(fixed_alpha), eval_steps, val_loss,
+                    val_accuracy, scaling, base_loss, base_accuracy)
+
+
+def compare_alpha_and_lr(base_model: nn.Module, task, pairs, r: int = 8, steps: int = 30,
+                         optimizer: str = "adam", batch_size: int | None = 256, seed: int = 0,
+                         target_modules=None) -> dict:
+    """Validation-loss curves, scored after every step, for several ``(alpha, lr)`` pairs at rank ``r``
+    (α/r scaling; LoRA on ``target_modules`` of ``base_model``, see `frozen_linear_stack`). Returns
+    ``{(alpha, lr): (steps + 1,) array}`` (entry 0: before training).
+
+    Under Adam, ``(α, lr)`` and ``(2α, lr/2)`` start identically: Adam's first step moves every entry of
+    ``B`` by ``lr`` whatever the gradient's scale, so ``ΔW = (α/r) B A`` moves by ``(α/r)·lr`` times the same
+    matrix. Under SGD the step on ``B`` itself grows with α, so the matching pair is ``(2α, lr/4)``.
+    See notebook 06_rank_and_alpha_explorer.
+    """
+    r = _validate.integer("r", r, 1)
+    pairs = [tuple(p) for p in _validate.sequence("pairs", pairs, what="(alpha, lr)")]
+    if not all(len(p) == 2 for p in pairs):
+        raise ValueError(f"pairs must be a non-empty list of (alpha, lr), got {pairs!r}")
+    layers, positions = frozen_linear_stack(base_model, target_modules)
+    scalings = [lora_scaling(a, r) for a, _ in pairs]
+    run = train_lora_batch(layers, positions, task.to(layers[0][0].device), r, scalings,
+                           [lr for _, lr in pairs], steps, batch_size=batch_size, eval_every=1,
+                           optimizer=optimizer, seed=seed)
+    return {pair: run.val_loss[i] for i, pair in enumerate(pairs)}

@@ -1,0 +1,128 @@
+"""lora_edu.update_analysis: notebook 06's claims about the LoRA update (planted rank, rsLoRA's r^(-1/2) law,
+Adam's first step, energy counts) hold on small cases."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lora_edu import update_analysis
+from lora_edu.data import load_digits_task
+from lora_edu.models import DigitsMLP
+
+@pytest.fixture(scope="module")
+def task():
+    return load_digits_task("rotated")
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    return DigitsMLP(hidden=32).eval()
+
+
+def test_planted_problem_has_the_planted_rank():
+    problems = [update_analysis.planted_rank_problem(k, d=16, seed=2) for k in (1, 3, 5)]
+    for k, problem in zip((1, 3, 5), problems):
+        sigma = np.linalg.svd(problem.delta.double().numpy(), compute_uv=False)
+        assert np.allclose(sigma[:k], 1.0, atol=1e-5) and np.all(sigma[k:] < 1e-5)
+        assert problem.noise_floor == pytest.approx(0.01)
+        assert problem.best_rank_r_loss(k) == pytest.approx(0.01)
+        assert problem.best_rank_r_loss(k - 1 if k > 1 else 1) == pytest.approx(0.01 + (1 / 16 if k > 1 else 0))
+    assert torch.equal(problems[0].w0, problems[2].w0) and torch.equal(problems[0].x_train, problems[2].x_train)
+    truth = problems[1].x_val @ (problems[1].w0 + problems[1].delta).T
+    assert float(((truth - problems[1].y_val) ** 2).mean()) == pytest.approx(0.01, rel=0.1)
+
+
+def test_planted_sweep_stalls_below_the_true_rank_and_reaches_the_floor_at_it():
+    sweep = update_analysis.planted_rank_sweep(ranks=(1, 2, 3, 4), true_ranks=(3,), steps=120, lr=0.04, d=16)
+    ratio = sweep.final()[:, 0] / sweep.noise_floor
+    assert ratio[0] > 3 and ratio[1] > 2, ratio  # r < k stalls
+    assert ratio[2] < 1.15 and ratio[3] < 1.15, ratio  # r >= k reaches the noise floor
+    np.testing.assert_allclose(sweep.final(), sweep.best_possible, rtol=0.12)
+    assert sweep.curve(2, 3).shape == (len(sweep.eval_steps),)
+
+
+def test_gradient_norm_at_init_scales_as_s_times_sqrt_r(mlp, task):
+    ranks = (1, 2, 4, 8, 16)
+    lora = update_analysis.lora_gradient_norms_at_init(mlp, task, ranks, alpha=4, use_rslora=False, seeds=(0, 1, 2))
+    rslora = update_analysis.lora_gradient_norms_at_init(mlp, task, ranks, alpha=4, use_rslora=True, seeds=(0, 1, 2))
+    # the same seeds draw the same A, so the two rules differ exactly by their scalings' ratio √r
+    np.testing.assert_allclose(rslora / lora, np.sqrt(ranks), rtol=1e-5)
+    # the result is the root mean square over seeds
+    one = [update_analysis.lora_gradient_norms_at_init(mlp, task, ranks, alpha=4, seeds=(seed,)) for seed in (0, 1, 2)]
+    np.testing.assert_allclose(lora, np.sqrt(np.mean(np.square(one), axis=0)), rtol=1e-6)
+    assert not np.allclose(one[0], one[1])  # different seeds draw different A's
+    assert update_analysis.loglog_slope(ranks, lora) == pytest.approx(-0.5, abs=0.15)
+    assert update_analysis.loglog_slope(ranks, rslora) == pytest.approx(0.0, abs=0.15)
+
+
+def test_gradient_norms_at_init_leave_the_global_random_state_alone(mlp, task):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    update_analysis.lora_gradient_norms_at_init(mlp, task, (1, 2), seeds=(0,))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_first_adam_step_norms(mlp, task):
+    ranks = (1, 2, 4, 8, 16)
+    constant = update_analysis.lora_first_step_norms(mlp, task, ranks, alpha_rule="2r")
+    fixed = update_analysis.lora_first_step_norms(mlp, task, ranks, alpha_rule="fixed", fixed_alpha=4)
+    rs = update_analysis.lora_first_step_norms(mlp, task, ranks, alpha_rule="fixed", scaling_rule="alpha/sqrt(r)",
+                                       fixed_alpha=4)
+    assert update_analysis.loglog_slope(ranks, constant) == pytest.approx(0.5, abs=0.15)
+    assert update_analysis.loglog_slope(ranks, fixed) == pytest.approx(-0.5, abs=0.15)
+    assert update_analysis.loglog_slope(ranks, rs) == pytest.approx(0.0, abs=0.15)
+
+
+def test_loglog_slope_of_power_laws():
+    x = np.array([1, 2, 4, 8, 16, 32, 64])
+    assert update_analysis.loglog_slope(x, 3 * x ** -0.5) == pytest.approx(-0.5)
+    assert update_analysis.loglog_slope(x, np.full(7, 2.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_directions_for_energy():
+    m = np.diag([3.0, 2.0, 1.0])  # energies 9, 4, 1 of 14: 64 %, 93 %, 100 %
+    assert update_analysis.directions_for_energy(m, 0.5) == 1
+    assert update_analysis.directions_for_energy(m, 0.9) == 2
+    assert update_analysis.directions_for_energy(m, 9 / 14) == 1
+    assert update_analysis.directions_for_energy(m, 1.0) == 3
+    assert update_analysis.directions_for_energy(torch.ones(4, 5), 0.99) == 1
+
+
+def test_full_finetuning_delta(mlp, task):
+    before = copy.deepcopy(mlp.state_dict())
+    deltas, accuracy = update_analysis.full_finetuning_delta(mlp, task, steps=5, lr=1e-3, batch_size=32)
+    assert deltas["fc1"].shape == (32, 64) and deltas["fc2"].shape == (32, 32)
+    assert all(np.abs(d).max() > 0 for d in deltas.values()) and 0 <= accuracy <= 1
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items()), "the base model must not change"
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: update_analysis.planted_rank_problem(40, d=32), ValueError,
+     r"true_rank must be an int >= 1 and <= 32 \(d=32\), got 40"),
+    (lambda: update_analysis.planted_rank_problem(2, noise_std=0), ValueError, r"noise_std must be a finite number > 0"),
+    (lambda: update_analysis.planted_rank_sweep(ranks=()), ValueError, r"ranks must be a non-empty list"),
+    (lambda: update_analysis.planted_rank_sweep(ranks=(1, 1)), ValueError, r"ranks must not repeat"),
+    (lambda: update_analysis.planted_rank_sweep(ranks=(1, 40)), ValueError, r"ranks and true_ranks must be <= d=32"),
+    (lambda: update_analysis.planted_rank_sweep(ranks="12"), TypeError, r"ranks must be a non-empty list of ints"),
+    (lambda: update_analysis.planted_rank_sweep(d=None), TypeError, r"d must be an int >= 2"),
+    (lambda: update_analysis.loglog_slope([1, 2], [1, 0]), ValueError, r"x and y must be positive"),
+    (lambda: update_analysis.loglog_slope([1], [1]), ValueError, r"x and y must be 1-D of the same length >= 2"),
+    (lambda: update_analysis.directions_for_energy(np.eye(3), 0), ValueError,
+     r"fraction must be a finite number > 0 and <= 1, got 0.0"),
+    (lambda: update_analysis.directions_for_energy(np.ones(3), 0.9), ValueError, r"matrix must be a non-empty 2-D"),
+])
+def test_bad_input_raises_with_a_clear_message(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_bad_input_to_the_model_functions(mlp, task):
+    with pytest.raises(TypeError, match="use_rslora must be True or False"):
+        update_analysis.lora_gradient_norms_at_init(mlp, task, use_rslora="yes")
+    with pytest.raises(ValueError, match="each of target_modules='fc3' is not allowed"):
+        update_analysis.lora_gradient_norms_at_init(mlp, task, target_modules=["fc3"])
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        update_analysis.full_finetuning_delta(mlp, task, lr=0)
