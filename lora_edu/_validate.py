@@ -44,10 +44,11 @@ def integer(name: str, value, minimum: int | None = None, maximum: int | None = 
 
 
 def real(name: str, value, minimum: float | None = None, maximum: float | None = None, *,
-         open_min: bool = False, open_max: bool = False, hint: str = "") -> float:
+         open_min: bool = False, open_max: bool = False, hint: str = "", tensors: bool = True) -> float:
     """``value`` as a finite float in the interval given by ``minimum``/``maximum`` (closed unless
-    ``open_min``/``open_max``). Bools, strings, None and NaN/inf are refused; 0-d tensors are accepted."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_complex:
+    ``open_min``/``open_max``). Bools, strings, None and NaN/inf are refused; 0-d tensors are accepted unless
+    ``tensors=False``."""
+    if tensors and isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_complex:
         value = value.item()
     wanted = " ".join(p for p in ("a finite number", _bounds(minimum, maximum, open_min=open_min,
                                                              open_max=open_max), hint) if p)
@@ -61,9 +62,9 @@ def real(name: str, value, minimum: float | None = None, maximum: float | None =
     return value
 
 
-def positive(name: str, value, *, hint: str = "") -> float:
+def positive(name: str, value, *, hint: str = "", tensors: bool = True) -> float:
     """A finite number > 0, as a float."""
-    return real(name, value, 0, open_min=True, hint=hint)
+    return real(name, value, 0, open_min=True, hint=hint, tensors=tensors)
 
 
 def boolean(name: str, value) -> bool:

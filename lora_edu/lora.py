@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import re
 
@@ -39,6 +40,7 @@ __all__ = ["LoraConfig", "LoraVariant", "LoRALinear", "lora_scaling", "init_lora
            "lora_state_dict", "BASE"]
 
 BASE = "__base__"  # in per_example_adapters: this example runs the base model alone (PEFT's name)
+_ADDED = itertools.count()  # stamps every adapter a layer gets, in the order they are added
 
 
 # --- The configuration: PEFT's field names, checked once ---
@@ -70,8 +72,8 @@ class LoraConfig:
 
     def __post_init__(self):
         _validate.integer("r", self.r, 1, hint="(the rank, e.g. 1, 4 or 8)")
-        _validate.positive("lora_alpha", self.lora_alpha, hint="(e.g. 8 or 16.0)")
-        _validate.real("lora_dropout", self.lora_dropout, 0, 1, open_max=True, hint="(0 turns it off)")
+        _validate.positive("lora_alpha", self.lora_alpha, hint="(e.g. 8 or 16.0)", tensors=False)
+        _validate.real("lora_dropout", self.lora_dropout, 0, 1, open_max=True, hint="(0 turns it off)", tensors=False)
         _validate.boolean("use_rslora", self.use_rslora)
         if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights == "gaussian"):
             raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not allowed; allowed values: "
@@ -208,8 +210,8 @@ class LoRALinear(nn.Module):
             raise ValueError("base already is a LoRALinear: add another adapter with layer.add_adapter(name, "
                              "config), or pass the plain nn.Linear (layer.base)")
         _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
-        config = LoraConfig() if config is None else _validate.instance("config", config, LoraConfig,
-                                                                         "a lora_edu.LoraConfig")
+        config = LoraConfig() if config is None else config
+        _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig")
         _check_new_name(adapter_name, [])
         super().__init__()
         self.base = base.requires_grad_(False)
@@ -218,10 +220,11 @@ class LoRALinear(nn.Module):
         self.r, self.lora_alpha, self.scaling = {}, {}, {}
         self.lora_config: dict[str, LoraConfig] = {}
         self.lora_variant: dict[str, LoraVariant] = {}
+        self.added_order: dict[str, int] = {}  # a running count, so adapter_names() lists them as added
         self.active_adapter: str | None = adapter_name
         self.merged_adapters: list[str] = []
         self.disable_adapters = False
-        self._per_example = None  # inside per_example_adapters: (A, scaling · B) per example
+        self._per_example = None  # inside per_example_adapters: (A, B, scaling) per example
         self.add_adapter(adapter_name, config, draw=draw)
 
     in_features = property(lambda self: self.base.in_features)
@@ -232,19 +235,21 @@ class LoRALinear(nn.Module):
         """Add adapter ``name`` with ``config`` (frozen; `set_adapter` makes it active and trainable).
         ``draw=False`` leaves both factors at zero and draws no random numbers (used when loading them)."""
         _check_new_name(name, list(self.lora_A))
-        weight = self.base.weight
+        _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig")
+        weight, trainable = self.base.weight, name == self.active_adapter
         make = lambda *shape: nn.Parameter(torch.zeros(*shape, device=weight.device, dtype=weight.dtype),
-                                           requires_grad=False)
+                                           requires_grad=trainable)
         self.lora_A[name], self.lora_B[name] = make(config.r, self.in_features), make(self.out_features, config.r)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.r[name], self.lora_alpha[name], self.scaling[name] = config.r, config.lora_alpha, config.scaling
         self.lora_config[name], self.lora_variant[name] = config, variant_for(config)
+        self.added_order[name] = next(_ADDED)
         if draw:
             self.lora_variant[name].init(self, name, config)
 
     def remove_adapter(self, name: str) -> None:
         for store in (self.lora_A, self.lora_B, self.lora_dropout, self.r, self.lora_alpha, self.scaling,
-                      self.lora_config, self.lora_variant):
+                      self.lora_config, self.lora_variant, self.added_order):
             del store[name]
 
     def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
@@ -265,14 +270,15 @@ class LoRALinear(nn.Module):
 
     def _per_example_branch(self, x: torch.Tensor) -> torch.Tensor:
         """Each example's own adapter in two gathered products: ``x`` (batch, ..., in) → (batch, ..., out),
-        with ``a`` (batch, r_max, in) and ``b`` (batch, out, r_max) example i's ``A`` and ``scaling · B``."""
-        a, b = self._per_example
+        with ``a`` (batch, r_max, in), ``b`` (batch, out, r_max) and ``s`` (batch, 1, 1) example i's ``A``, ``B``
+        and scaling (applied last, as PEFT does, so a GPT's logits agree with PEFT's to the bit)."""
+        a, b, s = self._per_example
         if x.shape[0] != a.shape[0]:
             raise ValueError(f"per_example_adapters got {a.shape[0]} adapter names but the batch has "
                              f"{x.shape[0]} examples; give one name per example")
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])                          # (batch, tokens, in)
         up = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))  # (batch, tokens, out)
-        return up.reshape(*x.shape[:-1], self.out_features)
+        return (up * s).reshape(*x.shape[:-1], self.out_features)
 
     @torch.no_grad()
     def merge(self, adapter_name: str | None = None) -> "LoRALinear":
@@ -386,10 +392,11 @@ def _linear_names(model: nn.Module) -> str:
 
 def adapter_names(model: nn.Module) -> list[str]:
     """The names of the adapters in ``model``, in the order they were added."""
-    names = {}
+    first = {}
     for layer in lora_layers(model).values():
-        names.update(dict.fromkeys(layer.lora_A))
-    return list(names)
+        for name, stamp in layer.added_order.items():
+            first[name] = min(stamp, first.get(name, stamp))
+    return sorted(first, key=first.get)
 
 
 def active_adapter(model: nn.Module) -> str | None:
@@ -411,12 +418,21 @@ def _require_adapter(model: nn.Module, name, action: str) -> dict[str, LoRALinea
     return layers
 
 
-def _set_trainable(model: nn.Module) -> None:
-    """Only the active adapter's factors train; every other parameter (base, other adapters) is frozen."""
-    trainable = {id(p) for layer in lora_layers(model).values() if layer.active_adapter in layer.lora_A
-                 for p in (layer.lora_A[layer.active_adapter], layer.lora_B[layer.active_adapter])}
-    for param in model.parameters():
-        param.requires_grad_(id(param) in trainable)
+def refuse_if_merged(model: nn.Module, when: str) -> None:
+    """ValueError ``model has merged adapters: unmerge_lora(model) {when}`` if any adapter is merged."""
+    if any(layer.merged for layer in lora_layers(model).values()):
+        raise ValueError(f"model has merged adapters: unmerge_lora(model) {when}")
+
+
+def _set_trainable(model: nn.Module, freeze_the_rest: bool) -> None:
+    """The active adapter's factors train, the other adapters' are frozen; ``freeze_the_rest`` freezes every
+    parameter outside the adapters too (as PEFT does when it adds an adapter, not when it switches)."""
+    if freeze_the_rest:
+        model.requires_grad_(False)
+    for layer in lora_layers(model).values():
+        for name in layer.lora_A:
+            layer.lora_A[name].requires_grad_(name == layer.active_adapter)
+            layer.lora_B[name].requires_grad_(name == layer.active_adapter)
 
 
 def _add_adapter_layers(model: nn.Module, names, config: LoraConfig, adapter_name: str,
@@ -434,7 +450,7 @@ def _add_adapter_layers(model: nn.Module, names, config: LoraConfig, adapter_nam
             layer.active_adapter = active
             setattr(parent, child, layer)
         added[name] = layer
-    _set_trainable(model)
+    _set_trainable(model, freeze_the_rest=True)
     return added
 
 
@@ -458,8 +474,7 @@ def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default"
                          f"LoraConfig(target_modules=['q', 'v'], ...). Linear layers in this model: "
                          f"{_linear_names(model)}")
     _check_new_name(adapter_name, adapter_names(model))
-    if any(layer.merged for layer in lora_layers(model).values()):
-        raise ValueError("model has merged adapters: unmerge_lora(model) before adding another adapter")
+    refuse_if_merged(model, "before adding another adapter")
     names = find_target_modules(model, config.target_modules)
     _add_adapter_layers(model, names, config, adapter_name)
     return model
@@ -470,11 +485,10 @@ def set_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
     factors are trainable (the others are frozen, as in PEFT's ``set_adapter``). Layers without it run
     their base alone. Refused while an adapter is merged. See notebook 07_many_tasks_one_model."""
     layers = _require_adapter(model, adapter_name, "switch")
-    if any(layer.merged for layer in layers.values()):
-        raise ValueError("model has merged adapters: unmerge_lora(model) before switching the active adapter")
+    refuse_if_merged(model, "before switching the active adapter")
     for layer in layers.values():
         layer.active_adapter = adapter_name
-    _set_trainable(model)
+    _set_trainable(model, freeze_the_rest=False)
     return model
 
 
@@ -502,9 +516,7 @@ def disable_adapter(model: nn.Module):
     """``with disable_adapter(model):`` the model runs its frozen base alone (PEFT's ``disable_adapter``).
     Refused while an adapter is merged (its ΔW is inside the weights). See notebook 07_many_tasks_one_model."""
     layers = lora_layers(model)
-    if any(layer.merged for layer in layers.values()):
-        raise ValueError("model has merged adapters, whose ΔW is inside the base weights: unmerge_lora(model) "
-                         "first")
+    refuse_if_merged(model, "first: their ΔW is inside the base weights")
     for layer in layers.values():
         layer.disable_adapters = True
     try:
@@ -537,8 +549,7 @@ def per_example_adapters(model: nn.Module, names):
     if model.training or any(layer.training for layer in layers.values()):
         raise ValueError("per_example_adapters is for inference: call model.eval() first (dropout and "
                          "training would mix the examples' adapters)")
-    if any(layer.merged for layer in layers.values()):
-        raise ValueError("model has merged adapters: unmerge_lora(model) before a mixed batch")
+    refuse_if_merged(model, "before a mixed batch")
     if any(layer._per_example is not None for layer in layers.values()):
         raise ValueError("per_example_adapters is already active on this model; do not nest it")
     slots = list(dict.fromkeys(names))  # the distinct names of this batch
@@ -549,12 +560,13 @@ def per_example_adapters(model: nn.Module, names):
             r_max = max(layer.r.values())
             a = torch.zeros(len(slots), r_max, layer.in_features, device=weight.device, dtype=weight.dtype)
             b = torch.zeros(len(slots), layer.out_features, r_max, device=weight.device, dtype=weight.dtype)
+            s = torch.zeros(len(slots), device=weight.device, dtype=weight.dtype)
             for k, name in enumerate(slots):
                 if name in layer.lora_A:  # "__base__", or an adapter this layer lacks: zeros
                     r = layer.r[name]
-                    a[k, :r], b[k, :, :r] = layer.lora_A[name], layer.lora_B[name] * layer.scaling[name]
+                    a[k, :r], b[k, :, :r], s[k] = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
             index = indices.to(weight.device)
-            layer._per_example = (a[index], b[index])
+            layer._per_example = (a[index], b[index], s[index].view(-1, 1, 1))
     try:
         yield model
     finally:
@@ -564,8 +576,10 @@ def per_example_adapters(model: nn.Module, names):
 
 def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
     """Merge an adapter (default: the active one) into every layer that has it: ``W0 ← W0 + scaling · B A``;
-    the merged model then runs at the speed of the plain model. Raises ValueError (changing nothing) if the
-    model has no LoRA layers, the adapter is unknown or already merged. See notebook 04_lora_from_scratch."""
+    the merged model then runs at the speed of the plain model. If another adapter is active, its branch still
+    adds on top (PEFT instead skips every branch of a layer holding a merged adapter). Raises ValueError
+    (changing nothing) if the model has no LoRA layers, the adapter is unknown or already merged.
+    See notebook 04_lora_from_scratch."""
     name = active_adapter(model) if adapter_name is None and lora_layers(model) else adapter_name
     layers = _require_adapter(model, name, "merge")
     merged = [n for n, layer in layers.items() if name in layer.merged_adapters]

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from . import _validate
-from .lora import (LoraConfig, _add_adapter_layers, _check_new_name, _inside_lora, adapter_names,
-                   find_target_modules, lora_layers, target_matches)
+from .lora import (LoraConfig, _add_adapter_layers, _check_new_name, _inside_lora, _linear_names, adapter_names,
+                   find_target_modules, lora_layers, refuse_if_merged, target_matches)
 
 __all__ = ["save_peft_adapter", "load_peft_adapter", "read_adapter_config", "unsupported_peft_settings",
            "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
@@ -104,8 +104,8 @@ def save_peft_adapter(model: nn.Module, folder, adapter_name: str | None = None)
         raise ValueError(f"adapter_name={adapter_name!r} is not an adapter of this model; adapters: {known}")
     if path.exists() and not path.is_dir():
         raise ValueError(f"folder={str(path)!r} exists and is not a directory; give a folder path")
-    layers = lora_layers(model)
-    for name in known if adapter_name is None else [adapter_name]:
+    layers, files = lora_layers(model), []
+    for name in known if adapter_name is None else [adapter_name]:  # check and build every adapter first
         owners = {m: layer for m, layer in layers.items() if name in layer.lora_A}
         settings = {m: (l.r[name], l.lora_alpha[name], l.lora_config[name].lora_dropout,
                         l.lora_config[name].use_rslora) for m, l in owners.items()}
@@ -125,10 +125,10 @@ def save_peft_adapter(model: nn.Module, folder, adapter_name: str | None = None)
             pass
         tensors = {peft_key(m, f): getattr(layer, f"lora_{f}")[name].detach().to("cpu").contiguous()
                    for m, layer in owners.items() for f in "AB"}
-        target = adapter_folder(path, name)
+        files.append((adapter_folder(path, name), json.dumps(saved, indent=2, sort_keys=True) + "\n", tensors))
+    for target, config_text, tensors in files:
         target.mkdir(parents=True, exist_ok=True)
-        (target / ADAPTER_CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n",
-                                                  encoding="utf-8")
+        (target / ADAPTER_CONFIG_NAME).write_text(config_text, encoding="utf-8")
         save_file(tensors, str(target / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
     return path
 
@@ -231,7 +231,7 @@ def load_peft_adapter(model: nn.Module, folder, adapter_name: str = "default") -
     unknown = sorted(n for n in factors if n not in modules or n in _inside_lora(model))
     if unknown:
         raise ValueError(f"the adapter in {str(path)!r} is for modules this model does not have: {unknown}. "
-                         f"Linear layers in this model: {', '.join(_plain_linear(model)) or '(none)'}")
+                         f"Linear layers in this model: {_linear_names(model)}")
     try:
         selected = set(find_target_modules(model, config.target_modules))
     except (TypeError, ValueError) as exc:
@@ -239,8 +239,7 @@ def load_peft_adapter(model: nn.Module, folder, adapter_name: str = "default") -
     if selected != set(factors):
         raise ValueError(f"{ADAPTER_CONFIG_NAME} in {str(path)!r}: target_modules={config.target_modules!r} "
                          f"selects {sorted(selected)} in this model, but the weights are for {sorted(factors)}")
-    if any(layer.merged for layer in lora_layers(model).values()):
-        raise ValueError("model has merged adapters: unmerge_lora(model) before loading another adapter")
+    refuse_if_merged(model, "before loading another adapter")
     for name, pair in sorted(factors.items()):
         layer = modules[name]
         want = {"A": (config.r, layer.in_features), "B": (layer.out_features, config.r)}
@@ -260,8 +259,3 @@ def load_peft_adapter(model: nn.Module, folder, adapter_name: str = "default") -
             layer.lora_A[adapter_name].copy_(factors[name]["A"])
             layer.lora_B[adapter_name].copy_(factors[name]["B"])
     return model
-
-
-def _plain_linear(model: nn.Module) -> list[str]:
-    inside = _inside_lora(model)
-    return [n for n, m in model.named_modules() if n and n not in inside and isinstance(m, nn.Linear)]

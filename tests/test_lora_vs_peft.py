@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from lora_edu import add_lora, load_peft_adapter, lora_state_dict, merge_lora, save_peft_adapter
+from lora_edu import LoraConfig, add_lora, load_peft_adapter, lora_state_dict, merge_lora, save_peft_adapter
 from lora_edu.lora import lora_layers
 from toy_models import MLP, Nested
 
@@ -68,17 +68,19 @@ def make_pair(factory, targets, r, alpha, use_rslora, dropout=0.0, seed=0):
     """The same pretrained model adapted by lora_edu and by PEFT, with the same non-zero A and B."""
     torch.manual_seed(seed)
     plain = factory()
-    ours = add_lora(copy.deepcopy(plain), targets, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)
+    ours = add_lora(copy.deepcopy(plain), LoraConfig(target_modules=targets, r=r, lora_alpha=alpha,
+                                                     lora_dropout=dropout, use_rslora=use_rslora))
     config = peft.LoraConfig(target_modules=targets, r=r, lora_alpha=alpha, lora_dropout=dropout,
                              use_rslora=use_rslora)
     theirs = peft.get_peft_model(copy.deepcopy(plain), config)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, layer in lora_layers(ours).items():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.5)  # as after training
+            b = layer.lora_B["default"]
+            b.copy_(torch.randn(b.shape, generator=g) * 0.5)  # as after training
             twin = theirs.base_model.model.get_submodule(name)
-            twin.lora_A["default"].weight.copy_(layer.lora_A)
-            twin.lora_B["default"].weight.copy_(layer.lora_B)
+            twin.lora_A["default"].weight.copy_(layer.lora_A["default"])
+            twin.lora_B["default"].weight.copy_(b)
     return plain, ours, theirs
 
 
@@ -95,7 +97,7 @@ def test_same_layers_and_trainable_parameter_counts(case):
     assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == trainable
     assert sum(p.numel() for p in ours.parameters()) == total
     for name, layer in lora_layers(ours).items():
-        assert layer.scaling == theirs.base_model.model.get_submodule(name).scaling["default"]
+        assert layer.scaling["default"] == theirs.base_model.model.get_submodule(name).scaling["default"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -128,8 +130,8 @@ def test_gradients_of_A_and_B_equal(case):
     (theirs(x) * weights).sum().backward()
     for name, layer in lora_layers(ours).items():
         twin = theirs.base_model.model.get_submodule(name)
-        for mine, other in ((layer.lora_A, twin.lora_A["default"].weight),
-                            (layer.lora_B, twin.lora_B["default"].weight)):
+        for mine, other in ((layer.lora_A["default"], twin.lora_A["default"].weight),
+                            (layer.lora_B["default"], twin.lora_B["default"].weight)):
             assert mine.grad is not None and other.grad is not None
             scale = max(1.0, other.grad.abs().max().item())
             assert record("gradient", max_diff(mine.grad, other.grad) / scale) <= UNMERGED_TOL, name
@@ -156,12 +158,12 @@ def test_dropout_in_training_mode_draws_the_same_masks():
 def test_peft_default_init_has_the_same_distribution():
     """Not the same draws (PEFT builds nn.Linear first, using more random numbers) but the same law."""
     torch.manual_seed(0)
-    ours = add_lora(MLP(256, 256, 4), ["fc1"], r=64, alpha=1)
+    ours = add_lora(MLP(256, 256, 4), LoraConfig(target_modules=["fc1"], r=64, lora_alpha=1))
     torch.manual_seed(0)
     theirs = peft.get_peft_model(MLP(256, 256, 4), peft.LoraConfig(target_modules=["fc1"], r=64, lora_alpha=1))
-    a_ours = ours.fc1.lora_A.detach()
+    a_ours = ours.fc1.lora_A["default"].detach()
     a_theirs = theirs.base_model.model.fc1.lora_A["default"].weight.detach()
-    assert torch.count_nonzero(ours.fc1.lora_B) == 0
+    assert torch.count_nonzero(ours.fc1.lora_B["default"]) == 0
     assert torch.count_nonzero(theirs.base_model.model.fc1.lora_B["default"].weight) == 0
     bound = 256 ** -0.5
     for a in (a_ours, a_theirs):
@@ -173,9 +175,9 @@ def assert_same_factors(ours: nn.Module, peft_model) -> None:
     """Every LoRA layer of ``ours`` has exactly the A, B and scaling of the same-named layer in ``peft_model``."""
     for name, layer in lora_layers(ours).items():
         twin = peft_model.base_model.model.get_submodule(name)
-        assert torch.equal(twin.lora_A["default"].weight, layer.lora_A), name
-        assert torch.equal(twin.lora_B["default"].weight, layer.lora_B), name
-        assert twin.scaling["default"] == layer.scaling, name
+        assert torch.equal(twin.lora_A["default"].weight, layer.lora_A["default"]), name
+        assert torch.equal(twin.lora_B["default"].weight, layer.lora_B["default"]), name
+        assert twin.scaling["default"] == layer.scaling["default"], name
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[6], CASES[7]],
@@ -223,10 +225,10 @@ def test_ambiguous_names_are_saved_so_peft_selects_exactly_the_same_layers(tmp_p
 
     torch.manual_seed(0)
     plain = Tricky()
-    ours = add_lora(copy.deepcopy(plain), r"q", r=2, alpha=2)
+    ours = add_lora(copy.deepcopy(plain), LoraConfig(target_modules=r"q", r=2, lora_alpha=2))
     assert sorted(lora_layers(ours)) == ["q"]
     with torch.no_grad():
-        ours.q.lora_B.fill_(0.3)
+        ours.q.lora_B["default"].fill_(0.3)
     save_peft_adapter(ours, tmp_path)
     loaded = peft.PeftModel.from_pretrained(copy.deepcopy(plain), str(tmp_path))
     assert peft_adapted_names(loaded) == ["q"]

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from lora_edu import add_lora, load_peft_adapter, lora_state_dict, merge_lora, save_peft_adapter
+from lora_edu import LoraConfig, add_lora, load_peft_adapter, lora_state_dict, merge_lora, save_peft_adapter
 from lora_edu.lora import lora_layers
 from lora_edu.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, peft_key, read_adapter_config
 
@@ -29,10 +29,12 @@ class Net(nn.Module):
 def adapted(seed=0, targets=("layers.0", "layers.2"), r=4, alpha=8, dropout=0.1, use_rslora=False):
     torch.manual_seed(seed)
     plain = Net()
-    model = add_lora(copy.deepcopy(plain), list(targets), r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)
+    config = LoraConfig(target_modules=list(targets), r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        use_rslora=use_rslora)
+    model = add_lora(copy.deepcopy(plain), config)
     with torch.no_grad():
         for layer in lora_layers(model).values():
-            layer.lora_B.normal_()
+            layer.lora_B["default"].normal_()
     return plain, model
 
 
@@ -46,7 +48,8 @@ def test_files_and_config(tmp_path):
     assert config["lora_dropout"] == 0.1 and config["use_rslora"] is True
     assert config["target_modules"] == ["layers.0", "layers.2"]
     assert config["bias"] == "none" and config["use_dora"] is False and config["task_type"] is None
-    assert read_adapter_config(folder) == config
+    assert read_adapter_config(folder) == LoraConfig(target_modules=["layers.0", "layers.2"], r=4, lora_alpha=8,
+                                                     lora_dropout=0.1, use_rslora=True)
 
 
 def test_weights_keys_shapes_and_size(tmp_path):
@@ -73,13 +76,16 @@ def test_save_load_round_trip_is_exact_and_trainable(tmp_path):
     for key, value in lora_state_dict(model).items():
         assert torch.equal(lora_state_dict(loaded)[key], value)
     for name, layer in lora_layers(loaded).items():
-        assert layer.scaling == 2.0 and layer.dropout_p == 0.1 and not layer.merged
+        assert layer.scaling["default"] == 2.0 and layer.lora_config["default"].lora_dropout == 0.1
+        assert isinstance(layer.lora_dropout["default"], nn.Dropout) and layer.lora_dropout["default"].p == 0.1
+        assert not layer.merged and layer.active_adapter == "default"
     model.eval()
     loaded.eval()
     x = torch.randn(5, 6)
     assert torch.equal(loaded(x), model(x))
     trainable = sorted(n for n, p in loaded.named_parameters() if p.requires_grad)
-    assert trainable == ["layers.0.lora_A", "layers.0.lora_B", "layers.2.lora_A", "layers.2.lora_B"]
+    assert trainable == ["layers.0.lora_A.default", "layers.0.lora_B.default", "layers.2.lora_A.default",
+                         "layers.2.lora_B.default"]
 
 
 def test_loading_draws_no_random_numbers(tmp_path):
@@ -109,21 +115,22 @@ def test_saving_twice_overwrites(tmp_path):
     save_peft_adapter(second, tmp_path)
     plain = Net()
     loaded = load_peft_adapter(plain, tmp_path)
-    assert torch.equal(loaded.layers[0].lora_B, second.layers[0].lora_B)
+    assert torch.equal(loaded.layers[0].lora_B["default"], second.layers[0].lora_B["default"])
 
 
 def test_half_precision_model_loads_in_its_own_dtype(tmp_path):
     plain, model = adapted()
     save_peft_adapter(model, tmp_path)
     loaded = load_peft_adapter(copy.deepcopy(plain).to(torch.bfloat16), tmp_path)
-    assert loaded.layers[0].lora_A.dtype == torch.bfloat16
-    torch.testing.assert_close(loaded.layers[0].lora_A.float(), model.layers[0].lora_A, rtol=1e-2, atol=1e-2)
+    assert loaded.layers[0].lora_A["default"].dtype == torch.bfloat16
+    torch.testing.assert_close(loaded.layers[0].lora_A["default"].float(), model.layers[0].lora_A["default"],
+                               rtol=1e-2, atol=1e-2)
 
 
 def test_string_path_and_regex_targets(tmp_path):
     torch.manual_seed(0)
     plain = Net()
-    model = add_lora(copy.deepcopy(plain), r"layers\.[02]", r=2, alpha=2)
+    model = add_lora(copy.deepcopy(plain), LoraConfig(target_modules=r"layers\.[02]", r=2, lora_alpha=2))
     assert sorted(lora_layers(model)) == ["layers.0", "layers.2"]
     save_peft_adapter(model, str(tmp_path))
     loaded = load_peft_adapter(copy.deepcopy(plain), str(tmp_path))
@@ -136,7 +143,7 @@ def test_cuda_model_saves_and_loads(tmp_path):
     model.cuda()
     save_peft_adapter(model, tmp_path)
     loaded = load_peft_adapter(copy.deepcopy(plain).cuda(), tmp_path)
-    assert loaded.layers[0].lora_A.device.type == "cuda"
+    assert loaded.layers[0].lora_A["default"].device.type == "cuda"
     x = torch.randn(4, 6, device="cuda")
     model.eval()
     loaded.eval()
