@@ -35,7 +35,7 @@ from . import _validate
 from .data import VOCAB_SIZE
 from .environment import get_device, seed_everything
 from .lora import LoraConfig, add_lora, merge_lora, per_example_adapters
-from .measure import lora_flop_ratio, measure_latencies
+from .measure import _synchronize, in_turns, lora_flop_ratio, measure_latencies
 from .models import DigitsMLP, GPTConfig, TinyGPT
 from .strategies import apply_strategy, merge_and_unload
 from .training import cross_entropy_loss
@@ -89,32 +89,23 @@ def _peft_lora(model: nn.Module, r: int, alpha: float, targets, names=("default"
     return model
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_train_steps(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int,
                      warmup: int = 3) -> dict[str, float]:
     """Median seconds of one AdamW training step (forward, loss, backward, step) per model, timed in turns."""
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
                   for name, m in models.items()}
     times = {name: [] for name in models}
-    device = x.device
-    order = list(models.items())
-    for step in range(warmup + steps):
-        shift = step % len(order)  # rotate who goes first
-        for name, model in order[shift:] + order[:shift]:
-            model.train()
-            _synchronize(device)
-            start = time.perf_counter()
-            loss = cross_entropy_loss(model(x), y)
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-            _synchronize(device)
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
+    for step, name, model in in_turns(models, warmup + steps):
+        model.train()
+        _synchronize(x.device)
+        start = time.perf_counter()
+        loss = cross_entropy_loss(model(x), y)
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+        _synchronize(x.device)
+        if step >= warmup:
+            times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -11,6 +11,8 @@ Explained in notebook 00_welcome (how to use the course).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -48,6 +50,27 @@ def passed(exercise: str, message: str = "correct.") -> CheckResult:
 
 def failed(exercise: str, message: str) -> CheckResult:
     return CheckResult(exercise, False, message)
+
+
+def exercise(name: str):
+    """Turn ``check(name, answer, *inputs)`` into the check ``check(answer, *inputs)`` of exercise ``name``:
+    while ``answer`` is ``...`` it says "not answered yet" without looking at the inputs.
+
+        @exercise("Exercise 1")
+        def check_rank(name, answer, matrix): ...
+    """
+    def decorate(check):
+        signature = inspect.signature(check)
+
+        @functools.wraps(check)
+        def checked(answer, *inputs, **options) -> CheckResult:
+            if answer is NOT_ANSWERED:
+                return not_answered(name)
+            return check(name, answer, *inputs, **options)
+
+        checked.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+        return checked
+    return decorate
 
 
 def _as_array(value):
@@ -132,6 +155,13 @@ def hint_for_mistake(result: CheckResult, answer, mistakes, rtol: float = 1e-6) 
         if math.isclose(float(answer), float(candidate), rel_tol=rtol, abs_tol=1e-12):
             return with_hint(result, hint)
     return result
+
+
+def check_int(exercise: str, answer: int, expected: int, correct: str, too_low: str, too_high: str) -> CheckResult:
+    """Pass with ``correct`` when the int ``answer`` equals ``expected``; else fail with ``too_low`` or ``too_high``."""
+    if answer == expected:
+        return passed(exercise, correct)
+    return failed(exercise, too_low if answer < expected else too_high)
 
 
 def check_true(exercise: str, condition: bool, failure: str, success: str = "correct.") -> CheckResult:

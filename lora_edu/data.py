@@ -22,9 +22,7 @@ import torch
 
 from . import _validate
 
-# ----------------------------------------------------------------------------------------------
-# Digits
-# ----------------------------------------------------------------------------------------------
+# Digits ---------------------------------------------------------------------------------------
 DIGITS_TASKS = ("original", "rotated", "mirrored", "inverted")
 DIGITS_SPLIT_SEED = 0
 DIGITS_VAL_FRACTION = 0.2
@@ -97,9 +95,7 @@ def load_digits_task(task: str = "original", device=None) -> DigitsTask:
     return result.to(device) if device is not None else result
 
 
-# ----------------------------------------------------------------------------------------------
-# Text: one fixed character vocabulary
-# ----------------------------------------------------------------------------------------------
+# Text: one fixed character vocabulary ---------------------------------------------------------
 UNKNOWN_CHAR = "\u00bf"  # '¿' stands for every character outside the vocabulary
 VOCABULARY = "\n" + "".join(chr(i) for i in range(32, 127)) + UNKNOWN_CHAR
 VOCAB_SIZE = len(VOCABULARY)  # 97: newline, the 95 printable ASCII characters, the unknown symbol

@@ -93,6 +93,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def in_turns(items: Mapping, rounds: int):
+    """``(round, name, item)`` for every item in each of ``rounds`` rounds, round robin: each round starts with
+    the next item, so no item always follows the same one and a slow moment of the machine hits all alike."""
+    order = list(items.items())
+    for turn in range(rounds):
+        shift = turn % len(order)
+        for name, item in order[shift:] + order[:shift]:
+            yield turn, name, item
+
+
 def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, repeats: int = 50,
                       warmup: int = 5, min_sample_seconds: float = 1e-3) -> dict[str, float]:
     """Median seconds of one forward pass of each model on ``example``, timed in turns.
@@ -125,15 +135,12 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
                 _synchronize(device)
                 fastest = min(fastest, time.perf_counter() - start)
         number = max(1, min(1000, math.ceil(min_sample_seconds / max(fastest, 1e-9))))
-        order = list(models.items())
-        for repeat in range(repeats):
-            shift = repeat % len(order)  # rotate who goes first, so no model always follows the same one
-            for name, model in order[shift:] + order[:shift]:
-                start = time.perf_counter()
-                for _ in range(number):
-                    model(example)
-                _synchronize(device)
-                times[name].append((time.perf_counter() - start) / number)
+        for _, name, model in in_turns(models, repeats):
+            start = time.perf_counter()
+            for _ in range(number):
+                model(example)
+            _synchronize(device)
+            times[name].append((time.perf_counter() - start) / number)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -24,7 +24,6 @@ suffixes, or a regular expression matched against full names).
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +63,7 @@ class DenseDeltaLinear(nn.Module):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
-        if self.merged:
-            return result
-        return result + F.linear(x, self.delta_weight)
+        return self.base(x) if self.merged else self.base(x) + F.linear(x, self.delta_weight)
 
     @torch.no_grad()
     def merge(self) -> "DenseDeltaLinear":
@@ -160,13 +156,13 @@ def _check_config(name: str, config: dict) -> dict:
     if unknown:
         shown = ", ".join(allowed) if allowed else "none"
         raise TypeError(f"strategy {name!r} takes no option(s) {', '.join(unknown)}; allowed options: {shown}")
-    merged = dict(allowed)
-    merged.update(config)
+    merged = {**allowed, **config}
     if name == "adapters":
         _validate.integer("bottleneck", merged["bottleneck"], 1, hint="(the adapter's width m)")
         _validate.real("init_scale", merged["init_scale"], 0)
     if name == "lora":
-        merged["config"] = LoraConfig(r=merged["r"], lora_alpha=merged["lora_alpha"], lora_dropout=merged["lora_dropout"])
+        merged["config"] = LoraConfig(r=merged["r"], lora_alpha=merged["lora_alpha"],
+                                      lora_dropout=merged["lora_dropout"])
     return merged
 
 

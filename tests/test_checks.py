@@ -78,3 +78,20 @@ def test_welcome_exercises(check, right, wrongs):
     for wrong in wrongs:
         result = check(wrong)
         assert result.passed is False and len(str(result)) > 20
+
+
+def test_exercise_decorator_answers_unanswered_checks_and_hides_its_name_argument():
+    import inspect
+
+    from lora_edu.checks import exercise
+
+    @exercise("Exercise 9")
+    def check_double(name, answer, x: int) -> CheckResult:
+        """Twice ``x``."""
+        return check_value(name, answer, 2 * x)
+
+    assert list(inspect.signature(check_double).parameters) == ["answer", "x"]
+    assert check_double.__name__ == "check_double" and check_double.__doc__ == "Twice ``x``."
+    assert str(check_double(..., "not even looked at")) == ("⏳ Exercise 9: not answered yet: replace the ... "
+                                                             "with your answer.")
+    assert check_double(6, 3).passed and check_double(answer=7, x=3).passed is False

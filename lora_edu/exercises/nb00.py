@@ -1,7 +1,7 @@
 """Checks for the warm-up exercises of notebook 00_welcome: they show how every exercise in the course works."""
 from __future__ import annotations
 
-from ..checks import NOT_ANSWERED, CheckResult, check_true, check_value, not_answered
+from ..checks import CheckResult, check_true, check_value, exercise, failed
 from ..environment import DEVICE_ENV_VAR
 
 
@@ -15,12 +15,11 @@ def check_factored_count(answer) -> CheckResult:
     return check_value("Exercise 2", answer, 10 * 2 + 2 * 10, what="numbers stored")
 
 
-def check_device_variable(answer) -> CheckResult:
+@exercise("Exercise 3")
+def check_device_variable(name, answer) -> CheckResult:
     """Exercise 3: the name of the environment variable that forces a device."""
-    if answer is NOT_ANSWERED:
-        return not_answered("Exercise 3")
     if not isinstance(answer, str):
-        return check_true("Exercise 3", False, f"expected the variable's name as a string, got {type(answer).__name__}")
-    return check_true("Exercise 3", answer.strip() == DEVICE_ENV_VAR,
+        return failed(name, f"expected the variable's name as a string, got {type(answer).__name__}")
+    return check_true(name, answer.strip() == DEVICE_ENV_VAR,
                       f"{answer!r} is not it: lora_edu reads one variable, named in the section "
                       f"'Running on a CPU or a GPU'.", success=f"correct ({DEVICE_ENV_VAR}).")

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import (NOT_ANSWERED, CheckResult, check_value, failed, is_number, not_answered, passed,
-                      with_hint)
+from ..checks import CheckResult, check_value, exercise, failed, is_number, passed, with_hint
 from ..linalg import as_matrix, numerical_rank
 
 
-def check_stored_numbers(answer, d: int, k: int, r: int) -> CheckResult:
+@exercise("Exercise 1")
+def check_stored_numbers(name, answer, d: int, k: int, r: int) -> CheckResult:
     """Exercise 1: how many numbers store a ``d × k`` matrix of rank ``r`` as ``B`` ``(d, r)`` and ``A`` ``(r, k)``?
 
     Expected ``r·(d + k)``.
     """
-    name = "Exercise 1"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     result = check_value(name, answer, r * (d + k), what="stored numbers")
     if result.passed is not False or not is_number(answer):
         return result
@@ -30,11 +27,9 @@ def check_stored_numbers(answer, d: int, k: int, r: int) -> CheckResult:
     return with_hint(result, f"B has {d}×{r} entries and A has {r}×{k}.")
 
 
-def check_matrix_of_rank(answer, shape: tuple[int, int], rank: int) -> CheckResult:
+@exercise("Exercise 2")
+def check_matrix_of_rank(name, answer, shape: tuple[int, int], rank: int) -> CheckResult:
     """Exercise 2: build a matrix of the given ``shape`` whose (numerical) rank is exactly ``rank``."""
-    name = "Exercise 2"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     try:
         matrix = as_matrix(answer, "answer")
     except (TypeError, ValueError) as exc:
@@ -49,11 +44,9 @@ def check_matrix_of_rank(answer, shape: tuple[int, int], rank: int) -> CheckResu
     return passed(name, f"correct: a {shape[0]}×{shape[1]} matrix of rank {rank}.")
 
 
-def check_tolerance(answer, noisy, rank: int) -> CheckResult:
+@exercise("Exercise 3")
+def check_tolerance(name, answer, noisy, rank: int) -> CheckResult:
     """Exercise 3: a tolerance ``tol`` at which ``numerical_rank(noisy, tol)`` equals ``rank``."""
-    name = "Exercise 3"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     if isinstance(answer, bool) or not isinstance(answer, (int, float, np.integer, np.floating)):
         return failed(name, f"expected a number (the tolerance), got {type(answer).__name__}.")
     sigma = np.linalg.svd(as_matrix(noisy, "noisy"), compute_uv=False)
@@ -72,11 +65,9 @@ def check_tolerance(answer, noisy, rank: int) -> CheckResult:
                         f"(it must lie between σ_{rank + 1} = {low:.3g} and σ_{rank} = {high:.3g}).")
 
 
-def check_factors(answer, target, r: int, atol: float = 1e-8) -> CheckResult:
+@exercise("Exercise 4")
+def check_factors(name, answer, target, r: int, atol: float = 1e-8) -> CheckResult:
     """Exercise 4: factors ``(B, A)`` with ``B`` ``(d, r)``, ``A`` ``(r, k)`` and ``B @ A`` equal to ``target``."""
-    name = "Exercise 4"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     matrix = as_matrix(target, "target")
     d, k = matrix.shape
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:

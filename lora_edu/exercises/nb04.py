@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import NOT_ANSWERED, CheckResult, check_value, failed, not_answered
+from ..checks import CheckResult, check_value, exercise, failed
 from ..lora import LoraConfig, LoRALinear, add_lora
 
 
@@ -57,11 +57,9 @@ def _with_hints(result: CheckResult, answer, mistakes) -> CheckResult:
     return result
 
 
-def check_scaling(answer, alpha: float, r: int, use_rslora: bool = False) -> CheckResult:
+@exercise("Exercise 1")
+def check_scaling(name, answer, alpha: float, r: int, use_rslora: bool = False) -> CheckResult:
     """Exercise 1: the factor LoRA multiplies ``B A x`` by: ``alpha / r``, or ``alpha / sqrt(r)`` (rsLoRA)."""
-    name = "Exercise 1"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     expected = alpha / math.sqrt(r) if use_rslora else alpha / r
     result = check_value(name, answer, expected, rtol=1e-6, what="scaling")
     other = alpha / r if use_rslora else alpha / math.sqrt(r)
@@ -93,14 +91,12 @@ MERGED_MESSAGE = ("layer_ex is merged (merged=True): its base.weight already hol
                   "would count ΔW twice. Call layer_ex.unmerge() first, then compute the answer again.")
 
 
-def check_lora_output(answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult:
+@exercise("Exercise 2")
+def check_lora_output(name, answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult:
     """Exercise 2: ``h = x W0ᵀ + b + (α/r) (x Aᵀ) Bᵀ`` for a batch ``x`` of shape ``(n, in)`` -> ``(n, out)``,
     computed by hand from ``layer.base``, ``layer.lora_A``, ``layer.lora_B`` (no dropout).
 
     A merged layer fails with a message to unmerge it first: its ``base.weight`` already holds ``W0 + ΔW``."""
-    name = "Exercise 2"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     w0, b0, a, b, scaling, alpha = _lora_parts(layer)
     if layer.merged:
         return failed(name, MERGED_MESSAGE)
@@ -118,13 +114,11 @@ def check_lora_output(answer, x: torch.Tensor, layer: LoRALinear) -> CheckResult
     ])
 
 
-def check_delta_weight(answer, layer: LoRALinear) -> CheckResult:
+@exercise("Exercise 3")
+def check_delta_weight(name, answer, layer: LoRALinear) -> CheckResult:
     """Exercise 3: the merged update ``ΔW = (α/r) B A``, shape ``(out, in)``, that ``merge()`` adds to W0.
 
     Computed from the factors, so it is the same whether or not the learner has called ``merge()``."""
-    name = "Exercise 3"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     w0, _, a, b, scaling, alpha = _lora_parts(layer)
     expected = scaling * (b @ a)
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="ΔW")
@@ -137,12 +131,10 @@ def check_delta_weight(answer, layer: LoRALinear) -> CheckResult:
     ])
 
 
-def check_trainable_parameters(answer, model: nn.Module, target_modules, r: int) -> CheckResult:
+@exercise("Exercise 4")
+def check_trainable_parameters(name, answer, model: nn.Module, target_modules, r: int) -> CheckResult:
     """Exercise 4: how many parameters ``add_lora(model, LoraConfig(target_modules=..., r=r))`` leaves trainable:
     ``r (in + out)`` per adapted layer (α does not matter). ``model`` is not changed."""
-    name = "Exercise 4"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     with torch.random.fork_rng(devices=[]):  # do not move the learner's random numbers on
         adapted = add_lora(copy.deepcopy(model), LoraConfig(target_modules=target_modules, r=r))
     layers = [m for m in adapted.modules() if isinstance(m, LoRALinear)]

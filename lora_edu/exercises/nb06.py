@@ -12,18 +12,15 @@ import numbers
 
 import numpy as np
 
-from ..checks import (NOT_ANSWERED, CheckResult, check_value, failed, hint_for_mistake, is_number, not_answered,
-                      passed)
+from ..checks import CheckResult, check_int, check_value, exercise, failed, hint_for_mistake, is_number
 from ..scaling_rules import lora_scaling
 from ..update_analysis import directions_for_energy, loglog_slope
 
 
-def check_rslora_ratio(answer, alpha: float, r: int) -> CheckResult:
+@exercise("Exercise 1")
+def check_rslora_ratio(name, answer, alpha: float, r: int) -> CheckResult:
     """Exercise 1: how many times larger rsLoRA's scaling is than LoRA's at rank ``r``:
     ``(α/√r) / (α/r) = √r`` (α cancels)."""
-    name = "Exercise 1"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     lora, rslora = lora_scaling(alpha, r, "alpha/r"), lora_scaling(alpha, r, "alpha/sqrt(r)")
     result = check_value(name, answer, rslora / lora, rtol=1e-6, what="ratio")
     return hint_for_mistake(result, answer, [
@@ -34,15 +31,14 @@ def check_rslora_ratio(answer, alpha: float, r: int) -> CheckResult:
     ])
 
 
-def check_equivalent_lr(answer, alpha: float, lr: float, new_alpha: float, optimizer: str = "adam") -> CheckResult:
+@exercise("Exercise 2")
+def check_equivalent_lr(name, answer, alpha: float, lr: float, new_alpha: float,
+                        optimizer: str = "adam") -> CheckResult:
     """Exercise 2: the learning rate that makes ``new_alpha`` start like ``(alpha, lr)`` (same rank, α/r).
 
     Adam: the step on ``ΔW`` is proportional to ``α·lr``, so ``lr · alpha / new_alpha``.
     SGD: it is proportional to ``α²·lr``, so ``lr · (alpha / new_alpha)²``.
     """
-    name = "Exercise 2"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer={optimizer!r} is not allowed; allowed values: adam, sgd")
     ratio = alpha / new_alpha
@@ -69,11 +65,9 @@ def _is_fit_coefficients(answer) -> bool:
     return values.shape == (2,)
 
 
-def check_loglog_slope(answer, ranks, norms) -> CheckResult:
+@exercise("Exercise 3")
+def check_loglog_slope(name, answer, ranks, norms) -> CheckResult:
     """Exercise 3: the slope of ``log(norm)`` against ``log(r)`` (least squares): ``norm ∝ r^slope``."""
-    name = "Exercise 3"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     x, y = np.asarray(ranks, dtype=float), np.asarray(norms, dtype=float)
     expected = loglog_slope(x, y)
     if _is_fit_coefficients(answer):
@@ -95,17 +89,13 @@ def check_loglog_slope(answer, ranks, norms) -> CheckResult:
     ], rtol=1e-4)
 
 
-def check_directions_for_energy(answer, matrix, fraction: float) -> CheckResult:
+@exercise("Exercise 4")
+def check_directions_for_energy(name, answer, matrix, fraction: float) -> CheckResult:
     """Exercise 4: how many singular directions of ``matrix`` hold ``fraction`` of ``Σσ²`` (the smallest n)."""
-    name = "Exercise 4"
-    if answer is NOT_ANSWERED:
-        return not_answered(name)
     if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
         return failed(name, f"expected an int (a number of directions), got {type(answer).__name__} {answer!r}.")
     expected = directions_for_energy(matrix, fraction)
     sigma = np.linalg.svd(np.asarray(matrix, dtype=float), compute_uv=False)
-    if answer == expected:
-        return passed(name, f"correct: {expected} of {sigma.size} directions hold {fraction:.0%} of the energy.")
     plain = np.cumsum(sigma) / sigma.sum()
     by_sigma = int(np.searchsorted(plain, fraction - 1e-12) + 1)
     hint = ""
@@ -117,8 +107,9 @@ def check_directions_for_energy(answer, matrix, fraction: float) -> CheckResult:
     if not 1 <= answer <= sigma.size:
         return failed(name, f"the count must be between 1 and {sigma.size}, got {answer}.{hint}")
     kept = float(np.sum(sigma[:answer] ** 2) / np.sum(sigma ** 2))
-    if answer < expected:
-        return failed(name, f"{answer} directions hold only {kept:.1%} of the energy, below {fraction:.0%}: "
-                            f"{expected - answer} too few.{hint}")
-    return failed(name, f"{answer} directions hold {kept:.1%}, but fewer already reach {fraction:.0%}: "
-                        f"{answer - expected} too many.{hint}")
+    return check_int(name, answer, expected,
+                     f"correct: {expected} of {sigma.size} directions hold {fraction:.0%} of the energy.",
+                     f"{answer} directions hold only {kept:.1%} of the energy, below {fraction:.0%}: "
+                     f"{expected - answer} too few.{hint}",
+                     f"{answer} directions hold {kept:.1%}, but fewer already reach {fraction:.0%}: "
+                     f"{answer - expected} too many.{hint}")
