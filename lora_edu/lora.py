@@ -1,24 +1,17 @@
 """The LoRA layer, its configuration, named adapters on one model, and merging them into the frozen weight.
 
-Explained in notebook 04_lora_from_scratch (one adapter) and notebook 07_many_tasks_one_model (several).
-The names follow Hugging Face PEFT (`LoraConfig`, `lora_A`, `lora_B`, `scaling`, `target_modules`,
-`set_adapter`, `disable_adapter`, `delete_adapter`, `merge`, `unmerge`), and the numbers are PEFT's
-(``tests/test_lora_vs_peft.py`` and ``tests/test_adapters_vs_peft.py`` check it), so what a learner builds
-here carries straight over.
-
-For a frozen linear layer ``W0`` of shape ``(out_features, in_features)`` an adapter learns
+Explained in notebook 04_lora_from_scratch (one adapter) and notebook 07_many_tasks_one_model (several). The
+names are PEFT's (`LoraConfig`, `lora_A`, `lora_B`, `scaling`, `target_modules`, `set_adapter`,
+`disable_adapter`, `delete_adapter`, `merge`, `unmerge`) and so are the numbers (``tests/test_*vs_peft.py``).
+For a frozen ``W0`` (out_features, in_features) an adapter learns
 
     h = W0 x + scaling * B (A dropout(x)),   A: (r, in_features),  B: (out_features, r),
 
-with ``scaling = lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` for rsLoRA). ``B`` starts at zero, so at the
-start ``ΔW = scaling * B A = 0`` and the model computes exactly what it computed before.
-
-A layer can hold several adapters by name (``layer.lora_A["default"]``, ``layer.lora_A["rotated"]``); one of
-them is active. How an adapter starts, what its branch adds to the output and what it adds to the weight when
-merged are the three methods of a `LoraVariant` (plain LoRA here; notebook 10 adds others).
-
-Every function checks its input before it changes anything: a bad call raises ``TypeError`` or ``ValueError``
-naming the parameter and the allowed values, and leaves the model exactly as it was.
+with ``scaling = lora_alpha / r`` (rsLoRA: ``lora_alpha / sqrt(r)``). ``B`` starts at zero, so ``ΔW = scaling B A
+= 0`` and the model starts exactly where it was. A layer holds adapters by name (``layer.lora_A["default"]``),
+one of them active; how an adapter starts, what its branch adds and what it merges are the three methods of a
+`LoraVariant` (plain LoRA here; notebook 10 adds others). A bad call raises TypeError/ValueError naming the
+parameter and the allowed values, before anything changes.
 """
 from __future__ import annotations
 
@@ -47,19 +40,14 @@ _ADDED = itertools.count()  # stamps every adapter a layer gets, in the order th
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoraConfig:
-    """The settings of one adapter, with PEFT's field names and defaults (``peft.LoraConfig``).
+    """The settings of one adapter, with PEFT's field names and defaults (``peft.LoraConfig``): ``r`` (A is
+    (r, in), B is (out, r)), ``lora_alpha``, ``lora_dropout`` (on the branch's input, in [0, 1)), ``use_rslora``
+    (``lora_alpha / sqrt(r)``, notebook 06), ``target_modules`` (for `add_lora`: a list of names, matching a
+    module whose full name equals an entry or ends in ``"." + entry``, or a regular expression for the full
+    name) and ``init_lora_weights``: ``True`` (A Kaiming-uniform, B zero), ``"gaussian"`` (A normal with std
+    1/r, B zero) or ``False`` (both random, as a fresh ``nn.Linear``: ΔW ≠ 0, for tests).
 
-    - ``r``: the rank (``A`` is ``(r, in)``, ``B`` is ``(out, r)``); ``lora_alpha``: α in the scaling;
-    - ``lora_dropout``: dropout on the LoRA branch's input, in [0, 1);
-    - ``target_modules``: which ``nn.Linear`` layers get the adapter: a list of names (a module matches when its
-      full name equals an entry or ends in ``"." + entry``) or a regular expression matched against the full
-      name. Needed by `add_lora`, not by a single `LoRALinear`;
-    - ``use_rslora``: ``scaling = lora_alpha / sqrt(r)`` instead of ``lora_alpha / r`` (notebook 06);
-    - ``init_lora_weights``: ``True`` (A Kaiming-uniform, B zero: ΔW = 0 at the start), ``"gaussian"``
-      (A normal with std 1/r, B zero) or ``False`` (A and B both random, as a fresh ``nn.Linear``: ΔW ≠ 0; for
-      tests).
-
-    Frozen: change a field with ``dataclasses.replace(config, r=16)``, which checks again.
+    Frozen: ``dataclasses.replace(config, r=16)`` makes a changed copy, checked again.
     See notebook 04_lora_from_scratch.
     """
 
@@ -189,19 +177,15 @@ class AdapterFactors(nn.ParameterDict):
 
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus named low-rank adapters: ``h = base(x) + scaling · B A dropout(x)`` for
-    the active adapter.
+    the active adapter. ``x`` (..., in_features) → ``h`` (..., out_features).
 
-    Shapes: ``x`` is ``(..., in_features)``, ``h`` is ``(..., out_features)``; per adapter ``name``,
-    ``lora_A[name]`` is ``(r, in_features)`` and ``lora_B[name]`` is ``(out_features, r)`` (PEFT's layout: A
-    maps the input down to r numbers, B maps them up again; PEFT keeps each in an ``nn.Linear``, so there it is
-    ``lora_A[name].weight``). ``scaling[name] = lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA), ``r[name]``,
-    ``lora_alpha[name]`` and ``lora_dropout[name]`` as in PEFT. ``LoRALinear(base, config)`` adds the first
-    adapter, named ``adapter_name``; `add_adapter` adds more.
-
-    ``active_adapter``: the adapter the forward pass uses (None: none). ``merge()`` adds the active adapter's
-    ``ΔW`` into ``base.weight``; a merged adapter's branch is then skipped (no extra latency); ``unmerge()``
-    subtracts every merged ``ΔW`` again. Merging twice raises ValueError. Do not train while merged: unmerge
-    subtracts the *current* ΔW. See notebook 04_lora_from_scratch.
+    Per adapter ``name``: ``lora_A[name]`` (r, in_features) maps the input down to r numbers, ``lora_B[name]``
+    (out_features, r) maps them up (PEFT keeps each in an ``nn.Linear``: ``lora_A[name].weight``);
+    ``scaling[name]``, ``r[name]``, ``lora_alpha[name]``, ``lora_dropout[name]`` as in PEFT. The first adapter
+    comes with the layer and is ``active_adapter``; `add_adapter` adds more. ``merge()`` adds the active
+    adapter's ΔW into ``base.weight`` (its branch is then skipped: no extra latency); ``unmerge()`` subtracts
+    every merged ΔW again. Do not train while merged: unmerge subtracts the *current* ΔW.
+    See notebook 04_lora_from_scratch.
     """
 
     def __init__(self, base: nn.Linear, config: LoraConfig | None = None, adapter_name: str = "default", *,
@@ -455,16 +439,12 @@ def _add_adapter_layers(model: nn.Module, names, config: LoraConfig, adapter_nam
 
 
 def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> nn.Module:
-    """Give every layer ``config.target_modules`` selects the adapter ``adapter_name``, in place; returns the
-    same ``model``. A plain ``nn.Linear (out, in)`` becomes a `LoRALinear`; one that already is gets one more
-    adapter. Each gains ``lora_A (r, in)`` and ``lora_B (out, r)``: ``r (in + out)`` numbers.
-
-    The first adapter of a model becomes active and trainable, and every other parameter is frozen; a later
-    adapter is added frozen and inactive, as in PEFT (`set_adapter` switches). ``target_modules`` follows
-    PEFT: a list of names, each matching a module whose full name equals it or ends in ``"." + name``
-    (``["q"]`` selects ``blocks.0.attn.q`` and ``blocks.1.attn.q``); a str is a regular expression that must
-    match the full name. Everything is checked before anything changes; a bad call raises TypeError/ValueError
-    and leaves the model exactly as it was. See notebook 04_lora_from_scratch.
+    """Give every layer ``config.target_modules`` selects (PEFT's rules: ``["q"]`` selects ``blocks.0.attn.q``
+    and ``blocks.1.attn.q``) the adapter ``adapter_name``, in place; returns ``model``. A plain ``nn.Linear
+    (out, in)`` becomes a `LoRALinear`, one that is already gets one more adapter: ``r (in + out)`` numbers each.
+    The model's first adapter becomes active and trainable; a later one arrives frozen and inactive, as in PEFT
+    (`set_adapter` switches); every parameter outside the adapters is frozen. Everything is checked first: a
+    bad call leaves the model exactly as it was. See notebook 04_lora_from_scratch.
     """
     _validate.module("model", model)
     _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig (LoraConfig(target_modules=[...], "
