@@ -5,16 +5,17 @@
 - ``widgets`` (00): sliders that redraw a figure.
 - ``linalg`` (01-02): rank, numerical rank, the SVD, the best rank-r approximation and rank-r factors.
 - ``counting`` (03): parameter, memory and checkpoint counts for one matrix and for published models.
-- ``lora`` (04, 07): ``LoraConfig``, the LoRA layer (``LoRALinear``), ``add_lora`` by module name, merge/unmerge,
-  ``lora_state_dict``; named adapters (``set_adapter``, ``disable_adapter``, ``delete_adapter``,
-  ``per_example_adapters``) and the variant seam (``LoraVariant``).
-- ``peft_io`` (04, 07): saving and loading only the adapters in PEFT's format and folder layout (``save_peft_adapter``, ``load_peft_adapter``).
+- ``lora`` (04): ``LoraConfig``, the LoRA layer (``LoRALinear``) with named adapters, ``add_lora`` by module name,
+  merge/unmerge, ``lora_state_dict``, and the variant seam (``LoraVariant``).
+- ``peft_io`` (04): saving and loading only the adapters, in PEFT's format and folder layout.
 - ``data``, ``models``, ``pretrain``, ``strategies``, ``training``, ``measure`` (05): digits tasks and text corpora,
   the digits MLP and tiny GPT (shipped checkpoint), five fine-tuning strategies (``apply_strategy``), one
   training loop, and exact counts, bytes and timings; ``bench`` (``python -m lora_edu.bench``).
 - ``scaling_rules``, ``batched``, ``update_analysis`` (06): α rules and LoRA's scaling (α/r, rsLoRA's α/√r); many
   LoRA runs at once (``train_lora_batch``, ``run_lora_grid``); planted rank, rsLoRA's gradient scale and the
   intrinsic rank of a full fine-tuning update.
+- ``adapters`` (07): many adapters on one model: ``set_adapter``, ``disable_adapter``, ``delete_adapter`` and
+  mixed batches (``per_example_adapters``).
 """
 from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN in every notebook)
 from . import counting, linalg  # noqa: F401  (notebooks 01-03)
@@ -22,11 +23,11 @@ from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, f
                           get_device, seed_everything, setup)
 from .lora import (LoraConfig, LoRALinear, add_lora, lora_layers, lora_state_dict, merge_lora,  # notebook 04
                    unmerge_lora)
-from .lora import (active_adapter, adapter_names, delete_adapter, disable_adapter,  # notebook 07
-                   per_example_adapters, set_adapter)
+from .lora import active_adapter, adapter_names  # notebook 07
 from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
 from . import data, measure, models, strategies, training  # noqa: F401  (05; not pretrain, bench: scripts)
 from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05
 from . import batched, scaling_rules, update_analysis  # noqa: F401  (notebook 06)
+from .adapters import delete_adapter, disable_adapter, per_example_adapters, set_adapter  # notebook 07
 
 __version__ = "0.1.0"

@@ -34,7 +34,8 @@ from torch import nn
 from . import _validate
 from .data import VOCAB_SIZE
 from .environment import get_device, seed_everything
-from .lora import LoraConfig, add_lora, merge_lora, per_example_adapters
+from .adapters import per_example_adapters
+from .lora import LoraConfig, add_lora, merge_lora
 from .measure import _synchronize, in_turns, lora_flop_ratio, measure_latencies
 from .models import DigitsMLP, GPTConfig, TinyGPT
 from .strategies import apply_strategy, merge_and_unload
