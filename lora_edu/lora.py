@@ -76,12 +76,10 @@ class LoraConfig:
     def from_peft(cls, peft_config) -> "LoraConfig":
         """The same settings from a ``peft.LoraConfig`` (or its dict), field for field; a PEFT feature this
         package does not implement (DoRA, bias training, rank_pattern, ...) raises ValueError."""
-        from .peft_io import unsupported_peft_settings
+        from .peft_io import refuse_unsupported_peft_settings
 
         values = peft_config if isinstance(peft_config, dict) else vars(peft_config)
-        unsupported = unsupported_peft_settings(values)
-        if unsupported:
-            raise ValueError(f"this PEFT config sets {unsupported}, which lora_edu does not implement")
+        refuse_unsupported_peft_settings(values)
         fields = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
         if isinstance(fields.get("target_modules"), (set, frozenset)):
             fields["target_modules"] = sorted(fields["target_modules"])

@@ -30,7 +30,7 @@ from . import _validate
 from .lora import (LoraConfig, _add_adapter_layers, _check_new_name, _inside_lora, _linear_names, adapter_names,
                    find_target_modules, lora_layers, refuse_if_merged, target_matches)
 
-__all__ = ["save_peft_adapter", "load_peft_adapter", "read_adapter_config", "unsupported_peft_settings",
+__all__ = ["save_peft_adapter", "load_peft_adapter", "read_adapter_config", "refuse_unsupported_peft_settings",
            "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -49,18 +49,16 @@ _UNSUPPORTED_DEFAULTS = {
 }
 
 
-def unsupported_peft_settings(values: dict) -> dict:
-    """The PEFT settings in ``values`` (a LoRA config as a dict) that lora_edu does not implement, with their
-    values; empty when the config uses only what `lora_edu.LoraConfig` has."""
-    found = {}
-    for key, default in _UNSUPPORTED_DEFAULTS.items():
+def refuse_unsupported_peft_settings(values: dict) -> None:
+    """ValueError naming the first PEFT setting in ``values`` (a LoRA config as a dict) that lora_edu does not
+    implement (DoRA, bias training, rank_pattern, an initialisation such as PiSSA, ...), with the value it needs."""
+    for key, default in {**_UNSUPPORTED_DEFAULTS, "init_lora_weights": True}.items():
         value = values.get(key, default)
-        if value != default and not (default is None and value in ({}, [])):
-            found[key] = value
-    init = values.get("init_lora_weights", True)
-    if not (isinstance(init, bool) or init == "gaussian"):  # pissa, olora, loftq, mica, ...
-        found["init_lora_weights"] = init
-    return found
+        unused = value == default or (default is None and value in ({}, [])) or (
+            key == "init_lora_weights" and (isinstance(value, bool) or value == "gaussian"))
+        if not unused:
+            raise ValueError(f"the config sets {key}={value!r}, which lora_edu does not implement (it needs "
+                             f"{key}={default!r}); load this adapter with peft.PeftModel.from_pretrained")
 
 
 def peft_key(module_name: str, factor: str) -> str:
@@ -161,12 +159,6 @@ def read_adapter_config(folder) -> LoraConfig:
     missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in values]
     if missing:
         raise ValueError(f"{where} lacks {missing}; a LoRA config needs r, lora_alpha and target_modules")
-    unsupported = unsupported_peft_settings(values)
-    if unsupported:
-        key, value = next(iter(unsupported.items()))
-        raise ValueError(f"{where} sets {key}={value!r}, which lora_edu does not implement (it needs "
-                         f"{key}={_UNSUPPORTED_DEFAULTS.get(key, True)!r}); load this adapter with "
-                         "peft.PeftModel.from_pretrained")
     try:
         return LoraConfig.from_peft(values)
     except (TypeError, ValueError) as exc:
