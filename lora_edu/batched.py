@@ -278,12 +278,12 @@ def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RU
     learning_rates = _validate.positives("learning_rates", learning_rates)
     alpha_rules = _choices("alpha_rules", alpha_rules, ALPHA_RULES, "α rules")
     scaling_rules = _choices("scaling_rules", scaling_rules, SCALING_RULES, "scaling rules")
-    scaling = np.array([[[lora_scaling(alpha_for(alpha_rule, r, fixed_alpha), r, scaling_rule)
-                          for scaling_rule in scaling_rules] for alpha_rule in alpha_rules] for r in ranks])  # (R, A, S)
+    scaling = np.array([[[lora_scaling(alpha_for(a, r, fixed_alpha), r, rule) for rule in scaling_rules]
+                         for a in alpha_rules] for r in ranks])  # s of each (rank, α rule, scaling rule): (R, A, S)
     layers, positions = frozen_linear_stack(base_model, target_modules)
     task = task.to(layers[0][0].device)
     per_rank = (len(alpha_rules), len(learning_rates), len(scaling_rules))
-    combos = list(np.ndindex(per_rank))  # (a, l, s) in C order, so a run's (G, ...) results reshape to (A, L, S, ...)
+    combos = list(np.ndindex(per_rank))  # (a, l, s) in C order: a run's (G, ...) results reshape to (A, L, S, ...)
     runs = [train_lora_batch(layers, positions, task, r, [scaling[i, a, s] for a, _, s in combos],
                              [learning_rates[l] for _, l, _ in combos], steps, batch_size=batch_size,
                              eval_every=eval_every, seed=seed) for i, r in enumerate(ranks)]
