@@ -25,14 +25,13 @@ def as_matrix(matrix, name: str = "matrix") -> np.ndarray:
     the message names the parameter ``name``. See notebook 01_rank_and_decomposition.
     """
     try:
-        array = _real_array(matrix, name)
+        array = _real_array(matrix, name).astype(np.float64)
     except ValueError as exc:  # ragged lists
         raise ValueError(f"{name} must be a 2-D array of numbers (d, k); could not read it: {exc}") from None
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (d, k), got {array.ndim}-D shape {tuple(array.shape)}")
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
-    array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must not contain NaN or infinity")
     return array
@@ -77,10 +76,8 @@ def numerical_rank(matrix, tol: float | None = None) -> int:
     """
     array = as_matrix(matrix)
     sigma = np.linalg.svd(array, compute_uv=False)
-    if tol is None:
-        tol = sigma[0] * max(array.shape) * np.finfo(np.float64).eps
-    else:
-        _validate.real("tol", tol, 0, hint="(or None for the rounding default)")
+    tol = (sigma[0] * max(array.shape) * np.finfo(np.float64).eps if tol is None
+           else _validate.real("tol", tol, 0, hint="(or None for the rounding default)"))
     return int(np.sum(sigma > tol))
 
 
@@ -128,34 +125,25 @@ def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = Non
     target = as_matrix(matrix)
     d, k = target.shape
     r = check_rank(r, d, k)
-    _validate.integer("steps", steps, 1)
+    steps = _validate.integer("steps", steps, 1)
     sigma_1 = np.linalg.norm(target, 2)
     default_lr = 0.2 / max(sigma_1, 1e-12)
-    if lr is None:
-        lr = default_lr
-    else:
-        _validate.positive("lr", lr, hint="(or None for 0.2 / σ₁)")
+    lr = default_lr if lr is None else _validate.positive("lr", lr, hint="(or None for 0.2 / σ₁)")
     rng = np.random.default_rng(_validate.integer("seed", seed, 0))
     scale = np.sqrt(max(sigma_1, 1e-12) / r) * 0.1
     b = rng.normal(0.0, scale, size=(d, r))
     a = rng.normal(0.0, scale, size=(r, k))
     losses = np.empty(steps + 1)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below and reported clearly
-        for step in range(steps):
+        for step in range(steps + 1):
             residual = b @ a - target
             losses[step] = 0.5 * np.sum(residual**2)
             if not np.isfinite(losses[step]) or losses[step] > 1e6 * max(losses[0], 1e-300):
                 raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged (the loss grew from "
                                  f"{losses[0]:.3g} to {losses[step]:.3g} by step {step}); use a smaller lr, "
                                  f"e.g. the default lr=None (0.2 / σ₁ = {default_lr:.3g})")
-            grad_b = residual @ a.T
-            grad_a = b.T @ residual
-            b -= lr * grad_b
-            a -= lr * grad_a
-        losses[steps] = 0.5 * np.sum((b @ a - target) ** 2)
-    if not np.isfinite(losses[steps]):
-        raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged at the last step; use a smaller lr, "
-                         f"e.g. the default lr=None (0.2 / σ₁ = {default_lr:.3g})")
+            if step < steps:  # both gradients at the old B and A
+                b, a = b - lr * (residual @ a.T), a - lr * (b.T @ residual)
     return b, a, losses
 
 
@@ -175,15 +163,14 @@ def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
 
 
 def _as_singular_values(values, name: str = "singular_values") -> np.ndarray:
-    array = _real_array(values, name)
+    array = _real_array(values, name).astype(np.float64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(array.shape)}")
-    array = array.astype(np.float64)
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise ValueError(f"{name} must be finite and >= 0")
     if np.any(np.diff(array) > 0):
-        raise ValueError(f"{name} must be sorted from largest to smallest (σ₁ ≥ σ₂ ≥ …), as singular_values() "
-                         f"returns them; got {array[:6].tolist()}{' …' if array.size > 6 else ''}")
+        raise ValueError(f"{name} must be sorted from largest to smallest (σ₁ ≥ σ₂ ≥ …), as singular_values() returns "
+                         f"them; got {array[:6].tolist()}{' …' if array.size > 6 else ''}")
     return array
 
 
@@ -263,6 +250,5 @@ def load_sample_photo() -> np.ndarray:
     import matplotlib.cbook as cbook
     import matplotlib.pyplot as plt
 
-    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    rgb = plt.imread(path)
+    rgb = plt.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     return rgb.astype(np.float64).mean(axis=2) / 255.0
