@@ -158,12 +158,11 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
             raise TypeError(f"data must have tensors x_train, y_train, x_val, y_val; {name} is missing")
     g = len(scalings)
     device = layers[0][0].device
-    lora = {}
-    for position in target_positions:
-        w = layers[position][0]
-        a = lora_init_A(w.shape[1], r, seed + position, device)
-        lora[position] = (a.expand(g, -1, -1).clone().requires_grad_(True),
-                          torch.zeros(g, w.shape[0], r, device=device, requires_grad=True))
+    lora = {}  # position: (A (G, r, in), the same start for every configuration; B (G, out, r) = 0)
+    for i in target_positions:
+        out_features, in_features = layers[i][0].shape
+        lora[i] = (lora_init_A(in_features, r, seed + i, device).expand(g, -1, -1).clone().requires_grad_(True),
+                   torch.zeros(g, out_features, r, device=device, requires_grad=True))
     params = [p for pair in lora.values() for p in pair]
     s = torch.tensor(scalings, device=device).view(g, 1, 1)
     lr = torch.tensor(learning_rates, device=device).view(g, 1, 1)
@@ -173,8 +172,7 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
 
     def scored():
         with torch.no_grad():
-            out = _forward(data.x_val, layers, lora, s)
-            return _loss_per_config(out, data.y_val, loss).cpu()
+            return _loss_per_config(_forward(data.x_val, layers, lora, s), data.y_val, loss).cpu()
 
     eval_steps, val_losses, train_losses = [0], [scored()], []
     # Adam by hand rather than torch.optim.Adam: each configuration has its own learning rate, and here all G
@@ -255,10 +253,7 @@ class LoRAGrid:
 
     def smallest_rank_reaching(self, accuracy: float) -> int | None:
         """The smallest rank whose best run reaches ``accuracy`` (a fraction), or None."""
-        for r, best in zip(self.ranks, self.best_accuracy_per_rank()):
-            if best >= accuracy:
-                return r
-        return None
+        return next((r for r, best in zip(self.ranks, self.best_accuracy_per_rank()) if best >= accuracy), None)
 
 
 def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RULES,
@@ -267,8 +262,7 @@ def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RU
                   eval_every: int = 5, seed: int = 0, target_modules=None) -> LoRAGrid:
     """Train LoRA on ``task`` (a `lora_edu.data.DigitsTask`) from the frozen ``base_model`` (a classifier
     `frozen_linear_stack` can read, e.g. the digits MLP; LoRA on ``target_modules``, default the model's
-    ``linear_targets``) for every combination, rank by rank, each rank's combinations side by side
-    (`train_lora_batch`).
+    ``linear_targets``) for every combination, rank by rank, each rank's combinations side by side (`train_lora_batch`).
 
     Combination (r, α rule, lr, scaling rule) uses ``α = alpha_for(rule, r, fixed_alpha)`` and
     ``s = lora_scaling(α, r, scaling_rule)``. Cost: about ``len(ranks) × steps`` batched steps.
@@ -314,8 +308,7 @@ def compare_alpha_and_lr(base_model: nn.Module, task, pairs, r: int = 8, steps: 
     if not all(len(p) == 2 for p in pairs):
         raise ValueError(f"pairs must be a non-empty list of (alpha, lr), got {pairs!r}")
     layers, positions = frozen_linear_stack(base_model, target_modules)
-    scalings = [lora_scaling(a, r) for a, _ in pairs]
-    run = train_lora_batch(layers, positions, task.to(layers[0][0].device), r, scalings,
-                           [lr for _, lr in pairs], steps, batch_size=batch_size, eval_every=1,
-                           optimizer=optimizer, seed=seed)
+    run = train_lora_batch(layers, positions, task.to(layers[0][0].device), r, [lora_scaling(a, r) for a, _ in pairs],
+                           [lr for _, lr in pairs], steps, batch_size=batch_size, eval_every=1, optimizer=optimizer,
+                           seed=seed)
     return {pair: run.val_loss[i] for i, pair in enumerate(pairs)}

@@ -48,19 +48,14 @@ def _real_array(values, name: str) -> np.ndarray:
 
 
 def check_rank(r, d: int, k: int, name: str = "r") -> int:
-    """Return ``r`` as an int after checking ``1 <= r <= min(d, k)``.
-
-    Raises ``TypeError`` when ``r`` is not an integer (``True``/``False`` and ``2.0`` are rejected) and
-    ``ValueError`` when it is out of range; the message names the parameter and the allowed values.
-    """
+    """``r`` as an int, checked ``1 <= r <= min(d, k)``: ``TypeError`` for a non-integer (also ``True`` and
+    ``2.0``), ``ValueError`` out of range; the message names the parameter and the allowed values."""
     return _validate.integer(name, r, 1, min(d, k), hint=f"(min(d, k) for a {d}×{k} matrix)")
 
 
 def singular_values(matrix) -> np.ndarray:
     """The singular values σ₁ ≥ σ₂ ≥ … ≥ 0 of a ``(d, k)`` matrix: shape ``(min(d, k),)``.
-
-    See notebook 02_svd_and_low_rank_approximation.
-    """
+    See notebook 02_svd_and_low_rank_approximation."""
     return np.linalg.svd(as_matrix(matrix), compute_uv=False)
 
 
@@ -213,9 +208,7 @@ def _matching_pair(approximation, target) -> tuple[np.ndarray, np.ndarray]:
 
 def relative_error(approximation, target) -> float:
     """``‖approximation − target‖_F / ‖target‖_F`` for two matrices of the same shape ``(d, k)``.
-
-    See notebook 02_svd_and_low_rank_approximation.
-    """
+    See notebook 02_svd_and_low_rank_approximation."""
     approx, exact = _matching_pair(approximation, target)
     norm = np.linalg.norm(exact)
     if norm == 0:
@@ -226,11 +219,9 @@ def relative_error(approximation, target) -> float:
 def psnr(approximation, target, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in decibels: ``10·log10(peak² / MSE)`` for images ``(h, w)`` in [0, peak].
 
-    Higher is better; about 30 dB looks close to the original. Infinite when the images are equal.
-    ``target`` (the original image) must lie in ``[0, peak]``: a 0–255 image needs ``peak=255``, and is
-    rejected with the default ``peak=1.0`` rather than giving a meaningless negative PSNR. The
-    approximation may overshoot the range a little (a truncated SVD does).
-    See notebook 02_svd_and_low_rank_approximation.
+    Higher is better: about 30 dB looks close to the original, infinite when the images are equal. ``target``
+    must lie in ``[0, peak]`` (a 0–255 image needs ``peak=255`` rather than a meaningless negative PSNR); the
+    approximation may overshoot a little (a truncated SVD does). See notebook 02_svd_and_low_rank_approximation.
     """
     approx, exact = _matching_pair(approximation, target)
     _validate.positive("peak", peak, hint="(1.0 for images in [0, 1], 255 for bytes)")
@@ -242,11 +233,8 @@ def psnr(approximation, target, peak: float = 1.0) -> float:
 
 
 def load_sample_photo() -> np.ndarray:
-    """Matplotlib's bundled photo (``grace_hopper.jpg``) as a grayscale image, shape ``(600, 512)``, values in [0, 1].
-
-    Ships with matplotlib, so nothing is downloaded. Gray = the mean of the three colour channels.
-    See notebook 02_svd_and_low_rank_approximation.
-    """
+    """Matplotlib's bundled photo (``grace_hopper.jpg``, so nothing is downloaded) in gray (the mean of the three
+    colour channels), shape ``(600, 512)``, values in [0, 1]. See notebook 02_svd_and_low_rank_approximation."""
     import matplotlib.cbook as cbook
     import matplotlib.pyplot as plt
 

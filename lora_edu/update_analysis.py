@@ -176,14 +176,12 @@ def lora_gradient_norms_at_init(base_model: nn.Module, task, ranks=RANKS, alpha:
     for i, r in enumerate(ranks):
         for j, seed in enumerate(seeds):
             with torch.random.fork_rng(devices=[]):  # add_lora's own draw must not move the global state
-                config = LoraConfig(target_modules=list(target_modules), r=r, lora_alpha=alpha,
-                                    use_rslora=use_rslora)
-                model = add_lora(copy.deepcopy(base_model), config)
+                model = add_lora(copy.deepcopy(base_model), LoraConfig(target_modules=list(target_modules), r=r,
+                                                                       lora_alpha=alpha, use_rslora=use_rslora))
             generator = torch.Generator().manual_seed(seed)
             layers = lora_layers(model)
             with torch.no_grad():
-                for name in target_modules:
-                    layer = layers[name]
+                for layer in (layers[name] for name in target_modules):
                     layer.lora_A["default"].copy_(lora_init_A(layer.in_features, r, generator=generator))
             model.train()
             F.cross_entropy(model(task.x_train), task.y_train).backward()
@@ -211,8 +209,7 @@ def lora_first_step_norms(base_model: nn.Module, task, ranks=RANKS, alpha_rule: 
     for r in ranks:
         s = lora_scaling(alpha_for(alpha_rule, r, fixed_alpha), r, scaling_rule)
         run = train_lora_batch(layers, positions, task, r, [s], [lr], 1, batch_size=None, seed=seed)
-        squares = sum(float((s * (b[0] @ a[0])).pow(2).sum()) for a, b in run.factors.values())
-        norms.append(math.sqrt(squares))
+        norms.append(math.sqrt(sum(float((s * (b[0] @ a[0])).pow(2).sum()) for a, b in run.factors.values())))
     return np.array(norms)
 
 
