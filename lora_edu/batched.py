@@ -58,10 +58,8 @@ def frozen_linear_stack(model: nn.Module, target_modules=None, layer_names=None)
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     layer_names = _layer_names(model, layer_names, "layer_names", "linear_stack", linears)
     target_modules = _layer_names(model, target_modules, "target_modules", "linear_targets", layer_names)
-    layers = []
-    for name in layer_names:
-        weight, bias = linears[name].weight.detach(), linears[name].bias
-        layers.append((weight, bias.detach() if bias is not None else weight.new_zeros(weight.shape[0])))
+    layers = [(m.weight.detach(), m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features))
+              for m in (linears[name] for name in layer_names)]
     return layers, [layer_names.index(t) for t in target_modules]
 
 

@@ -66,8 +66,7 @@ def numerical_rank(matrix, tol: float | None = None) -> int:
     σᵢ > tol instead. ``tol`` is the size of change we choose to ignore: adding a perturbation ``E``
     moves each singular value by at most ``‖E‖₂`` (Weyl), so a tolerance just above the noise's
     spectral norm recovers the rank of the clean matrix. By default ``tol = σ₁ · max(d, k) · ε``
-    (float64 rounding only, the same rule as ``numpy.linalg.matrix_rank``).
-    See notebook 01_rank_and_decomposition.
+    (float64 rounding only, as ``numpy.linalg.matrix_rank``). See notebook 01_rank_and_decomposition.
     """
     array = as_matrix(matrix)
     sigma = np.linalg.svd(array, compute_uv=False)
@@ -81,8 +80,7 @@ def best_rank_r_approximation(matrix, r: int) -> np.ndarray:
 
     With ``W = U Σ Vᵀ``, the answer is ``U[:, :r] Σ[:r, :r] Vᵀ[:r, :]``. Eckart–Young: no rank-``r``
     matrix is closer to ``W`` in the Frobenius (or spectral) norm; the Frobenius error is
-    ``sqrt(σ_{r+1}² + … + σ_min(d,k)²)`` (see `truncation_error`).
-    See notebook 02_svd_and_low_rank_approximation.
+    ``sqrt(σ_{r+1}² + … + σ_min(d,k)²)`` (see `truncation_error`). See notebook 02_svd_and_low_rank_approximation.
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
@@ -94,9 +92,8 @@ def rank_r_factors(matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Factors ``B`` of shape ``(d, r)`` and ``A`` of shape ``(r, k)`` with ``B @ A`` the best rank-``r``
     approximation of a ``(d, k)`` matrix (the matrix itself when its rank is at most ``r``).
 
-    From the SVD: ``B = U_r Σ_r^{1/2}`` and ``A = Σ_r^{1/2} V_rᵀ`` (the singular values split evenly
-    between the two). Storing ``B`` and ``A`` costs ``r·(d + k)`` numbers instead of ``d·k``.
-    See notebook 01_rank_and_decomposition.
+    From the SVD: ``B = U_r Σ_r^{1/2}`` and ``A = Σ_r^{1/2} V_rᵀ`` (the singular values split evenly between the
+    two): ``B`` and ``A`` hold ``r·(d + k)`` numbers instead of ``d·k``. See notebook 01_rank_and_decomposition.
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
@@ -107,15 +104,13 @@ def rank_r_factors(matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = None,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a ``(d, k)`` matrix ``W`` by plain gradient descent.
+    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a ``(d, k)`` matrix ``W`` by plain gradient descent: how LoRA
+    learns its factors, in miniature (no SVD, only gradients).
 
-    Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and
-    ``∂L/∂A = Bᵀ (B A − W)``. Starts from small random factors (NumPy generator seeded with ``seed``);
-    the default step ``lr = 0.2 / σ₁(W)`` is stable for this loss (a step so large that the loss blows
-    up raises ``ValueError`` suggesting a smaller one). Returns ``(B, A, losses)`` with
-    ``losses`` of shape ``(steps + 1,)``, the loss before each step and after the last.
-    This is how LoRA learns its factors, in miniature: no SVD, only gradients.
-    See notebook 01_rank_and_decomposition.
+    Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and ``∂L/∂A = Bᵀ (B A − W)``,
+    from small random factors (NumPy generator seeded with ``seed``). The default step ``lr = 0.2 / σ₁(W)`` is
+    stable (a step so large that the loss blows up raises ``ValueError``). Returns ``(B, A, losses)``, ``losses``
+    (steps + 1,): the loss before each step and after the last. See notebook 01_rank_and_decomposition.
     """
     target = as_matrix(matrix)
     d, k = target.shape
@@ -147,8 +142,7 @@ def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
 
     ``B`` is drawn at random; ``A`` ``(r, k)`` is then the best possible for that ``B`` (least squares,
     ``A = B⁺ W``), so ``B @ A`` is the projection of ``W`` onto a random r-dimensional column space.
-    A fair competitor for the truncated SVD: only the choice of subspace differs.
-    See notebook 02_svd_and_low_rank_approximation.
+    A fair competitor for the truncated SVD (only the subspace differs). See notebook 02_svd_and_low_rank_approximation.
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
@@ -191,8 +185,8 @@ def energy_retained(singular_values, r: int | None = None):
 def truncation_error(singular_values, r: int) -> float:
     """The Frobenius error of the best rank-``r`` approximation, from the singular values alone:
     ``‖W − W_r‖_F = sqrt(σ_{r+1}² + … + σ_n²)`` (Eckart–Young). ``singular_values`` has shape ``(n,)``,
-    sorted from largest to smallest; ``r`` runs from 0 (the zero matrix: the error is ``‖W‖_F``) to ``n`` (exact).
-    See notebook 02_svd_and_low_rank_approximation.
+    sorted from largest to smallest; ``r`` runs from 0 (the zero matrix: the error is ``‖W‖_F``) to ``n``
+    (exact). See notebook 02_svd_and_low_rank_approximation.
     """
     sigma = _as_singular_values(singular_values)
     r = _validate.integer("r", r, 0, sigma.size, hint="(the number of singular values)")
