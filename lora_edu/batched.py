@@ -2,13 +2,9 @@
 
 Explained in notebook 06_rank_and_alpha_explorer.
 
-- `train_lora_batch` trains G LoRA configurations side by side on one frozen stack of ``nn.Linear`` layers
-  with ReLU between them (`frozen_linear_stack` takes it from a model, e.g. the digits MLP): each
-  configuration has its own factors ``A (G, r, in)``, ``B (G, out, r)``, scaling ``s`` and learning rate,
-  and all of them see the same batches. One batched matrix product per layer replaces G separate models,
-  so a grid of more than a hundred runs fits in a few seconds of CPU time. Each slice computes exactly
-  what `lora_edu.LoRALinear` computes (``h = W0 x + b + s · B A x``) trained with Adam
-  (``tests/test_batched.py`` checks it against `lora_edu.add_lora` + `lora_edu.training.train`).
+- `train_lora_batch`: G LoRA configurations (own ``A (G, r, in)``, ``B (G, out, r)``, ``s``, learning rate) on one
+  frozen stack of ``nn.Linear`` layers (`frozen_linear_stack`): one batched matrix product per layer replaces G
+  models, so a grid of a hundred runs takes seconds of CPU. Each slice computes what `lora_edu.LoRALinear` does.
 - `run_lora_grid`: ranks × α rules × learning rates × scaling rules on a digits shift task (a `LoRAGrid`).
 - `compare_alpha_and_lr`: validation curves of several ``(α, lr)`` pairs at one rank.
 """
@@ -47,6 +43,7 @@ def batch_indices(n: int, batch_size: int | None, steps: int, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, n, (steps, batch_size), generator=generator)
 
+
 def frozen_linear_stack(model: nn.Module, target_modules=None, layer_names=None) -> tuple[list, list[int]]:
     """A model's frozen ``nn.Linear`` layers in forward order, as `train_lora_batch` takes them:
     ``[(W (out, in), b (out,)), ...]`` (``b`` is zeros for a layer without bias), and the positions of
@@ -58,30 +55,28 @@ def frozen_linear_stack(model: nn.Module, target_modules=None, layer_names=None)
     LoRA; default: the model's ``linear_targets``. See notebook 06_rank_and_alpha_explorer.
     """
     _validate.module("model", model)
-    layer_names = _validate.sequence("layer_names", _model_default(model, layer_names, "layer_names", "linear_stack"),
-                                     what="nn.Linear names")
-    target_modules = _validate.sequence("target_modules",
-                                        _model_default(model, target_modules, "target_modules", "linear_targets"),
-                                        what="layer names")
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    for name in layer_names:
-        _validate.choice("each of layer_names", name, linears)
-    for name in target_modules:
-        _validate.choice("each of target_modules", name, layer_names)
-    layers = []
-    for name in layer_names:
-        weight, bias = linears[name].weight.detach(), linears[name].bias
-        layers.append((weight, bias.detach() if bias is not None else weight.new_zeros(weight.shape[0])))
+    layer_names = _layer_names(model, layer_names, "layer_names", "linear_stack", linears)
+    target_modules = _layer_names(model, target_modules, "target_modules", "linear_targets", layer_names)
+    layers = [(m.weight.detach(), m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features))
+              for m in (linears[name] for name in layer_names)]
     return layers, [layer_names.index(t) for t in target_modules]
 
 
-def _model_default(model: nn.Module, value, name: str, attribute: str):
-    """``value``, or when it is None the model's own default, the class attribute ``attribute``."""
-    if value is None:
-        value = getattr(model, attribute, None)
-        if value is None:
-            raise ValueError(f"{name} must be given: {type(model).__name__} has no default {attribute!r} attribute")
-    return value
+def _choices(name: str, values, allowed, what: str) -> tuple:
+    """A non-empty list of ``values``, each one of ``allowed``, as a tuple."""
+    values = _validate.sequence(name, values, what=what)
+    for value in values:
+        _validate.choice(f"each of {name}", value, allowed)
+    return values
+
+
+def _layer_names(model: nn.Module, names, name: str, default: str, allowed) -> tuple:
+    """``names``, or when it is None the model's class attribute ``default``; each one of ``allowed``."""
+    names = getattr(model, default, None) if names is None else names
+    if names is None:
+        raise ValueError(f"{name} must be given: {type(model).__name__} has no default {default!r} attribute")
+    return _choices(name, names, allowed, "layer names")
 
 
 @dataclass
@@ -130,15 +125,15 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
     """Train G LoRA configurations of rank ``r`` side by side on one frozen stack of linear layers.
 
     ``layers``: ``[(W (out, in), b (out,)), ...]``, applied in order with ReLU between them (see
-    `frozen_linear_stack`); ``target_positions``: positions of the layers that get LoRA; ``data``: anything with ``x_train (n, in)``, ``y_train``, ``x_val``, ``y_val``
-    (a `lora_edu.data.DigitsTask` or a `PlantedRankProblem`); for ``loss="mse"`` the targets may carry a
-    leading G dimension (one target per configuration). ``scalings`` and ``learning_rates``: G numbers.
+    `frozen_linear_stack`); ``target_positions``: positions of the layers that get LoRA; ``data``: anything
+    with ``x_train (n, in)``, ``y_train``, ``x_val``, ``y_val`` (a `lora_edu.data.DigitsTask` or a
+    `PlantedRankProblem`); for ``loss="mse"`` the targets may carry a leading G dimension (one target per
+    configuration). ``scalings`` and ``learning_rates``: G numbers.
 
-    Configuration g computes ``z = h W0ᵀ + b + s_g (h A_gᵀ) B_gᵀ`` on each target layer with
-    ``A_g (r, in)`` from `lora_init_A` (layer position i draws with seed ``seed + i``; the same start for
-    every g) and ``B_g (out, r) = 0``, and trains
-    ``A_g, B_g`` with Adam (β = 0.9, 0.999, ε = 1e-8, no weight decay, as `lora_edu.training.train`) or
-    plain SGD at its own learning rate. Every configuration sees the same batches (`batch_indices`).
+    Configuration g computes ``z = h W0ᵀ + b + s_g (h A_gᵀ) B_gᵀ`` on each target layer with ``A_g (r, in)``
+    from `lora_init_A` (layer position i draws with seed ``seed + i``; the same start for every g) and
+    ``B_g (out, r) = 0``, and trains ``A_g, B_g`` with Adam (β = 0.9, 0.999, ε = 1e-8, no weight decay, as
+    `lora_edu.training.train`) or plain SGD at its own learning rate, on the same batches (`batch_indices`).
     Returns a `BatchRun`. See notebook 06_rank_and_alpha_explorer.
     """
     r = _validate.integer("r", r, 1)
@@ -161,12 +156,11 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
             raise TypeError(f"data must have tensors x_train, y_train, x_val, y_val; {name} is missing")
     g = len(scalings)
     device = layers[0][0].device
-    lora = {}
-    for position in target_positions:
-        w = layers[position][0]
-        a = lora_init_A(w.shape[1], r, seed + position, device)
-        lora[position] = (a.expand(g, -1, -1).clone().requires_grad_(True),
-                          torch.zeros(g, w.shape[0], r, device=device, requires_grad=True))
+    lora = {}  # position: (A (G, r, in), the same start for every configuration; B (G, out, r) = 0)
+    for i in target_positions:
+        out_features, in_features = layers[i][0].shape
+        lora[i] = (lora_init_A(in_features, r, seed + i, device).expand(g, -1, -1).clone().requires_grad_(True),
+                   torch.zeros(g, out_features, r, device=device, requires_grad=True))
     params = [p for pair in lora.values() for p in pair]
     s = torch.tensor(scalings, device=device).view(g, 1, 1)
     lr = torch.tensor(learning_rates, device=device).view(g, 1, 1)
@@ -176,42 +170,36 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
 
     def scored():
         with torch.no_grad():
-            out = _forward(data.x_val, layers, lora, s)
-            return _loss_per_config(out, data.y_val, loss).cpu()
+            return _loss_per_config(_forward(data.x_val, layers, lora, s), data.y_val, loss).cpu()
 
     eval_steps, val_losses, train_losses = [0], [scored()], []
     # Adam by hand rather than torch.optim.Adam: each configuration has its own learning rate, and here all G
     # configurations live in one tensor (torch's optimizers take one learning rate per parameter tensor).
     beta1, beta2 = ADAM_BETAS
-    for step in range(steps):
-        idx = rows[step]
+    for t, idx in enumerate(rows, start=1):
         y = data.y_train[:, idx] if per_config_targets else data.y_train[idx]
         batch_loss = _loss_per_config(_forward(data.x_train[idx], layers, lora, s), y, loss)
-        for p in params:
-            p.grad = None
-        batch_loss.sum().backward()  # configurations share no parameters: each gets its own gradient
+        grads = torch.autograd.grad(batch_loss.sum(), params)  # configurations share no parameters
         train_losses.append(batch_loss.detach().cpu())
         with torch.no_grad():
-            t = step + 1
-            for p, (m, v) in zip(params, moments):
+            for p, grad, (m, v) in zip(params, grads, moments):
                 if optimizer == "sgd":
-                    p.sub_(lr * p.grad)
-                    continue
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denominator = (v / (1 - beta2 ** t)).sqrt().add_(ADAM_EPS)
-                p.sub_(lr * (m / (1 - beta1 ** t)) / denominator)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            eval_steps.append(step + 1)
+                    p.sub_(lr * grad)
+                else:
+                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denominator = (v / (1 - beta2 ** t)).sqrt().add_(ADAM_EPS)
+                    p.sub_(lr * (m / (1 - beta1 ** t)) / denominator)
+        if t % eval_every == 0 or t == steps:
+            eval_steps.append(t)
             val_losses.append(scored())
     accuracy = None
     if loss == "cross_entropy":
         with torch.no_grad():
-            out = _forward(data.x_val, layers, lora, s)
-            accuracy = (out.argmax(dim=-1) == data.y_val).float().mean(dim=1).cpu().numpy()
-    factors = {k: (a.detach(), b.detach()) for k, (a, b) in lora.items()}
+            predicted = _forward(data.x_val, layers, lora, s).argmax(dim=-1)
+        accuracy = (predicted == data.y_val).float().mean(dim=1).cpu().numpy()
     return BatchRun(torch.stack(train_losses, 1).numpy(), eval_steps, torch.stack(val_losses, 1).numpy(),
-                    accuracy, factors)
+                    accuracy, {k: (a.detach(), b.detach()) for k, (a, b) in lora.items()})
 
 
 @dataclass
@@ -263,10 +251,7 @@ class LoRAGrid:
 
     def smallest_rank_reaching(self, accuracy: float) -> int | None:
         """The smallest rank whose best run reaches ``accuracy`` (a fraction), or None."""
-        for r, best in zip(self.ranks, self.best_accuracy_per_rank()):
-            if best >= accuracy:
-                return r
-        return None
+        return next((r for r, best in zip(self.ranks, self.best_accuracy_per_rank()) if best >= accuracy), None)
 
 
 def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RULES,
@@ -275,8 +260,7 @@ def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RU
                   eval_every: int = 5, seed: int = 0, target_modules=None) -> LoRAGrid:
     """Train LoRA on ``task`` (a `lora_edu.data.DigitsTask`) from the frozen ``base_model`` (a classifier
     `frozen_linear_stack` can read, e.g. the digits MLP; LoRA on ``target_modules``, default the model's
-    ``linear_targets``) for every combination, rank by rank, each rank's combinations side by side
-    (`train_lora_batch`).
+    ``linear_targets``) for every combination, rank by rank, each rank's combinations side by side (`train_lora_batch`).
 
     Combination (r, α rule, lr, scaling rule) uses ``α = alpha_for(rule, r, fixed_alpha)`` and
     ``s = lora_scaling(α, r, scaling_rule)``. Cost: about ``len(ranks) × steps`` batched steps.
@@ -284,35 +268,25 @@ def run_lora_grid(base_model: nn.Module, task, ranks=RANKS, alpha_rules=ALPHA_RU
     """
     ranks = _validate.integers("ranks", ranks)
     learning_rates = _validate.positives("learning_rates", learning_rates)
-    alpha_rules = _validate.sequence("alpha_rules", alpha_rules, what="α rules")
-    scaling_rules = _validate.sequence("scaling_rules", scaling_rules, what="scaling rules")
-    for rule in alpha_rules:
-        _validate.choice("each of alpha_rules", rule, ALPHA_RULES)
-    for rule in scaling_rules:
-        _validate.choice("each of scaling_rules", rule, SCALING_RULES)
+    alpha_rules = _choices("alpha_rules", alpha_rules, ALPHA_RULES, "α rules")
+    scaling_rules = _choices("scaling_rules", scaling_rules, SCALING_RULES, "scaling rules")
+    scaling = np.array([[[lora_scaling(alpha_for(a, r, fixed_alpha), r, rule) for rule in scaling_rules]
+                         for a in alpha_rules] for r in ranks])  # s of each (rank, α rule, scaling rule): (R, A, S)
     layers, positions = frozen_linear_stack(base_model, target_modules)
     task = task.to(layers[0][0].device)
-    shape = (len(ranks), len(alpha_rules), len(learning_rates), len(scaling_rules))
-    combos = [(a, l, s) for a in range(shape[1]) for l in range(shape[2]) for s in range(shape[3])]
-    val_loss, eval_steps = None, None
-    val_accuracy, scaling = np.zeros(shape), np.zeros((shape[0], shape[1], shape[3]))
-    for ri, r in enumerate(ranks):
-        scalings = [lora_scaling(alpha_for(alpha_rules[a], r, fixed_alpha), r, scaling_rules[s]) for a, _, s in combos]
-        run = train_lora_batch(layers, positions, task, r, scalings, [learning_rates[l] for _, l, _ in combos],
-                               steps, batch_size=batch_size, eval_every=eval_every, seed=seed)
-        if val_loss is None:
-            eval_steps = run.eval_steps
-            val_loss = np.zeros(shape + (len(eval_steps),))
-        for c, (a, l, s) in enumerate(combos):
-            val_loss[ri, a, l, s] = run.val_loss[c]
-            val_accuracy[ri, a, l, s] = run.val_accuracy[c]
-            scaling[ri, a, s] = scalings[c]
+    per_rank = (len(alpha_rules), len(learning_rates), len(scaling_rules))
+    combos = list(np.ndindex(per_rank))  # (a, l, s) in C order: a run's (G, ...) results reshape to (A, L, S, ...)
+    runs = [train_lora_batch(layers, positions, task, r, [scaling[i, a, s] for a, _, s in combos],
+                             [learning_rates[l] for _, l, _ in combos], steps, batch_size=batch_size,
+                             eval_every=eval_every, seed=seed) for i, r in enumerate(ranks)]
+    val_loss = np.stack([run.val_loss.reshape(per_rank + (-1,)) for run in runs], dtype=np.float64)
+    val_accuracy = np.stack([run.val_accuracy.reshape(per_rank) for run in runs], dtype=np.float64)
     with torch.no_grad():
         base = _forward(task.x_val, layers, {}, 0.0)  # the frozen model alone: (n_val, classes)
         base_loss = float(F.cross_entropy(base, task.y_val))
         base_accuracy = float((base.argmax(-1) == task.y_val).float().mean())
-    return LoRAGrid(ranks, alpha_rules, learning_rates, scaling_rules, float(fixed_alpha), eval_steps, val_loss,
-                    val_accuracy, scaling, base_loss, base_accuracy)
+    return LoRAGrid(ranks, alpha_rules, learning_rates, scaling_rules, float(fixed_alpha), runs[0].eval_steps,
+                    val_loss, val_accuracy, scaling, base_loss, base_accuracy)
 
 
 def compare_alpha_and_lr(base_model: nn.Module, task, pairs, r: int = 8, steps: int = 30,
@@ -332,8 +306,7 @@ def compare_alpha_and_lr(base_model: nn.Module, task, pairs, r: int = 8, steps: 
     if not all(len(p) == 2 for p in pairs):
         raise ValueError(f"pairs must be a non-empty list of (alpha, lr), got {pairs!r}")
     layers, positions = frozen_linear_stack(base_model, target_modules)
-    scalings = [lora_scaling(a, r) for a, _ in pairs]
-    run = train_lora_batch(layers, positions, task.to(layers[0][0].device), r, scalings,
-                           [lr for _, lr in pairs], steps, batch_size=batch_size, eval_every=1,
-                           optimizer=optimizer, seed=seed)
+    run = train_lora_batch(layers, positions, task.to(layers[0][0].device), r, [lora_scaling(a, r) for a, _ in pairs],
+                           [lr for _, lr in pairs], steps, batch_size=batch_size, eval_every=1, optimizer=optimizer,
+                           seed=seed)
     return {pair: run.val_loss[i] for i, pair in enumerate(pairs)}

@@ -25,14 +25,13 @@ def as_matrix(matrix, name: str = "matrix") -> np.ndarray:
     the message names the parameter ``name``. See notebook 01_rank_and_decomposition.
     """
     try:
-        array = _real_array(matrix, name)
+        array = _real_array(matrix, name).astype(np.float64)
     except ValueError as exc:  # ragged lists
         raise ValueError(f"{name} must be a 2-D array of numbers (d, k); could not read it: {exc}") from None
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (d, k), got {array.ndim}-D shape {tuple(array.shape)}")
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
-    array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must not contain NaN or infinity")
     return array
@@ -49,19 +48,14 @@ def _real_array(values, name: str) -> np.ndarray:
 
 
 def check_rank(r, d: int, k: int, name: str = "r") -> int:
-    """Return ``r`` as an int after checking ``1 <= r <= min(d, k)``.
-
-    Raises ``TypeError`` when ``r`` is not an integer (``True``/``False`` and ``2.0`` are rejected) and
-    ``ValueError`` when it is out of range; the message names the parameter and the allowed values.
-    """
+    """``r`` as an int, checked ``1 <= r <= min(d, k)``: ``TypeError`` for a non-integer (also ``True`` and
+    ``2.0``), ``ValueError`` out of range; the message names the parameter and the allowed values."""
     return _validate.integer(name, r, 1, min(d, k), hint=f"(min(d, k) for a {d}×{k} matrix)")
 
 
 def singular_values(matrix) -> np.ndarray:
     """The singular values σ₁ ≥ σ₂ ≥ … ≥ 0 of a ``(d, k)`` matrix: shape ``(min(d, k),)``.
-
-    See notebook 02_svd_and_low_rank_approximation.
-    """
+    See notebook 02_svd_and_low_rank_approximation."""
     return np.linalg.svd(as_matrix(matrix), compute_uv=False)
 
 
@@ -72,15 +66,12 @@ def numerical_rank(matrix, tol: float | None = None) -> int:
     σᵢ > tol instead. ``tol`` is the size of change we choose to ignore: adding a perturbation ``E``
     moves each singular value by at most ``‖E‖₂`` (Weyl), so a tolerance just above the noise's
     spectral norm recovers the rank of the clean matrix. By default ``tol = σ₁ · max(d, k) · ε``
-    (float64 rounding only, the same rule as ``numpy.linalg.matrix_rank``).
-    See notebook 01_rank_and_decomposition.
+    (float64 rounding only, as ``numpy.linalg.matrix_rank``). See notebook 01_rank_and_decomposition.
     """
     array = as_matrix(matrix)
     sigma = np.linalg.svd(array, compute_uv=False)
-    if tol is None:
-        tol = sigma[0] * max(array.shape) * np.finfo(np.float64).eps
-    else:
-        _validate.real("tol", tol, 0, hint="(or None for the rounding default)")
+    tol = (sigma[0] * max(array.shape) * np.finfo(np.float64).eps if tol is None
+           else _validate.real("tol", tol, 0, hint="(or None for the rounding default)"))
     return int(np.sum(sigma > tol))
 
 
@@ -89,8 +80,7 @@ def best_rank_r_approximation(matrix, r: int) -> np.ndarray:
 
     With ``W = U Σ Vᵀ``, the answer is ``U[:, :r] Σ[:r, :r] Vᵀ[:r, :]``. Eckart–Young: no rank-``r``
     matrix is closer to ``W`` in the Frobenius (or spectral) norm; the Frobenius error is
-    ``sqrt(σ_{r+1}² + … + σ_min(d,k)²)`` (see `truncation_error`).
-    See notebook 02_svd_and_low_rank_approximation.
+    ``sqrt(σ_{r+1}² + … + σ_min(d,k)²)`` (see `truncation_error`). See notebook 02_svd_and_low_rank_approximation.
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
@@ -102,9 +92,8 @@ def rank_r_factors(matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Factors ``B`` of shape ``(d, r)`` and ``A`` of shape ``(r, k)`` with ``B @ A`` the best rank-``r``
     approximation of a ``(d, k)`` matrix (the matrix itself when its rank is at most ``r``).
 
-    From the SVD: ``B = U_r Σ_r^{1/2}`` and ``A = Σ_r^{1/2} V_rᵀ`` (the singular values split evenly
-    between the two). Storing ``B`` and ``A`` costs ``r·(d + k)`` numbers instead of ``d·k``.
-    See notebook 01_rank_and_decomposition.
+    From the SVD: ``B = U_r Σ_r^{1/2}`` and ``A = Σ_r^{1/2} V_rᵀ`` (the singular values split evenly between the
+    two): ``B`` and ``A`` hold ``r·(d + k)`` numbers instead of ``d·k``. See notebook 01_rank_and_decomposition.
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
@@ -115,47 +104,36 @@ def rank_r_factors(matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = None,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a ``(d, k)`` matrix ``W`` by plain gradient descent.
+    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a ``(d, k)`` matrix ``W`` by plain gradient descent: how LoRA
+    learns its factors, in miniature (no SVD, only gradients).
 
-    Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and
-    ``∂L/∂A = Bᵀ (B A − W)``. Starts from small random factors (NumPy generator seeded with ``seed``);
-    the default step ``lr = 0.2 / σ₁(W)`` is stable for this loss (a step so large that the loss blows
-    up raises ``ValueError`` suggesting a smaller one). Returns ``(B, A, losses)`` with
-    ``losses`` of shape ``(steps + 1,)``, the loss before each step and after the last.
-    This is how LoRA learns its factors, in miniature: no SVD, only gradients.
-    See notebook 01_rank_and_decomposition.
+    Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and ``∂L/∂A = Bᵀ (B A − W)``,
+    from small random factors (NumPy generator seeded with ``seed``). The default step ``lr = 0.2 / σ₁(W)`` is
+    stable (a step so large that the loss blows up raises ``ValueError``). Returns ``(B, A, losses)``, ``losses``
+    (steps + 1,): the loss before each step and after the last. See notebook 01_rank_and_decomposition.
     """
     target = as_matrix(matrix)
     d, k = target.shape
     r = check_rank(r, d, k)
-    _validate.integer("steps", steps, 1)
+    steps = _validate.integer("steps", steps, 1)
     sigma_1 = np.linalg.norm(target, 2)
     default_lr = 0.2 / max(sigma_1, 1e-12)
-    if lr is None:
-        lr = default_lr
-    else:
-        _validate.positive("lr", lr, hint="(or None for 0.2 / σ₁)")
+    lr = default_lr if lr is None else _validate.positive("lr", lr, hint="(or None for 0.2 / σ₁)")
     rng = np.random.default_rng(_validate.integer("seed", seed, 0))
     scale = np.sqrt(max(sigma_1, 1e-12) / r) * 0.1
     b = rng.normal(0.0, scale, size=(d, r))
     a = rng.normal(0.0, scale, size=(r, k))
     losses = np.empty(steps + 1)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below and reported clearly
-        for step in range(steps):
+        for step in range(steps + 1):
             residual = b @ a - target
             losses[step] = 0.5 * np.sum(residual**2)
             if not np.isfinite(losses[step]) or losses[step] > 1e6 * max(losses[0], 1e-300):
                 raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged (the loss grew from "
                                  f"{losses[0]:.3g} to {losses[step]:.3g} by step {step}); use a smaller lr, "
                                  f"e.g. the default lr=None (0.2 / σ₁ = {default_lr:.3g})")
-            grad_b = residual @ a.T
-            grad_a = b.T @ residual
-            b -= lr * grad_b
-            a -= lr * grad_a
-        losses[steps] = 0.5 * np.sum((b @ a - target) ** 2)
-    if not np.isfinite(losses[steps]):
-        raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged at the last step; use a smaller lr, "
-                         f"e.g. the default lr=None (0.2 / σ₁ = {default_lr:.3g})")
+            if step < steps:  # both gradients at the old B and A
+                b, a = b - lr * (residual @ a.T), a - lr * (b.T @ residual)
     return b, a, losses
 
 
@@ -164,8 +142,7 @@ def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
 
     ``B`` is drawn at random; ``A`` ``(r, k)`` is then the best possible for that ``B`` (least squares,
     ``A = B⁺ W``), so ``B @ A`` is the projection of ``W`` onto a random r-dimensional column space.
-    A fair competitor for the truncated SVD: only the choice of subspace differs.
-    See notebook 02_svd_and_low_rank_approximation.
+    A fair competitor for the truncated SVD (only the subspace differs). See notebook 02_svd_and_low_rank_approximation.
     """
     array = as_matrix(matrix)
     r = check_rank(r, *array.shape)
@@ -175,15 +152,14 @@ def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:
 
 
 def _as_singular_values(values, name: str = "singular_values") -> np.ndarray:
-    array = _real_array(values, name)
+    array = _real_array(values, name).astype(np.float64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(array.shape)}")
-    array = array.astype(np.float64)
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise ValueError(f"{name} must be finite and >= 0")
     if np.any(np.diff(array) > 0):
-        raise ValueError(f"{name} must be sorted from largest to smallest (σ₁ ≥ σ₂ ≥ …), as singular_values() "
-                         f"returns them; got {array[:6].tolist()}{' …' if array.size > 6 else ''}")
+        raise ValueError(f"{name} must be sorted from largest to smallest (σ₁ ≥ σ₂ ≥ …), as singular_values() returns "
+                         f"them; got {array[:6].tolist()}{' …' if array.size > 6 else ''}")
     return array
 
 
@@ -209,8 +185,8 @@ def energy_retained(singular_values, r: int | None = None):
 def truncation_error(singular_values, r: int) -> float:
     """The Frobenius error of the best rank-``r`` approximation, from the singular values alone:
     ``‖W − W_r‖_F = sqrt(σ_{r+1}² + … + σ_n²)`` (Eckart–Young). ``singular_values`` has shape ``(n,)``,
-    sorted from largest to smallest; ``r`` runs from 0 (the zero matrix: the error is ``‖W‖_F``) to ``n`` (exact).
-    See notebook 02_svd_and_low_rank_approximation.
+    sorted from largest to smallest; ``r`` runs from 0 (the zero matrix: the error is ``‖W‖_F``) to ``n``
+    (exact). See notebook 02_svd_and_low_rank_approximation.
     """
     sigma = _as_singular_values(singular_values)
     r = _validate.integer("r", r, 0, sigma.size, hint="(the number of singular values)")
@@ -226,9 +202,7 @@ def _matching_pair(approximation, target) -> tuple[np.ndarray, np.ndarray]:
 
 def relative_error(approximation, target) -> float:
     """``‖approximation − target‖_F / ‖target‖_F`` for two matrices of the same shape ``(d, k)``.
-
-    See notebook 02_svd_and_low_rank_approximation.
-    """
+    See notebook 02_svd_and_low_rank_approximation."""
     approx, exact = _matching_pair(approximation, target)
     norm = np.linalg.norm(exact)
     if norm == 0:
@@ -239,11 +213,9 @@ def relative_error(approximation, target) -> float:
 def psnr(approximation, target, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in decibels: ``10·log10(peak² / MSE)`` for images ``(h, w)`` in [0, peak].
 
-    Higher is better; about 30 dB looks close to the original. Infinite when the images are equal.
-    ``target`` (the original image) must lie in ``[0, peak]``: a 0–255 image needs ``peak=255``, and is
-    rejected with the default ``peak=1.0`` rather than giving a meaningless negative PSNR. The
-    approximation may overshoot the range a little (a truncated SVD does).
-    See notebook 02_svd_and_low_rank_approximation.
+    Higher is better: about 30 dB looks close to the original, infinite when the images are equal. ``target``
+    must lie in ``[0, peak]`` (a 0–255 image needs ``peak=255`` rather than a meaningless negative PSNR); the
+    approximation may overshoot a little (a truncated SVD does). See notebook 02_svd_and_low_rank_approximation.
     """
     approx, exact = _matching_pair(approximation, target)
     _validate.positive("peak", peak, hint="(1.0 for images in [0, 1], 255 for bytes)")
@@ -255,14 +227,10 @@ def psnr(approximation, target, peak: float = 1.0) -> float:
 
 
 def load_sample_photo() -> np.ndarray:
-    """Matplotlib's bundled photo (``grace_hopper.jpg``) as a grayscale image, shape ``(600, 512)``, values in [0, 1].
-
-    Ships with matplotlib, so nothing is downloaded. Gray = the mean of the three colour channels.
-    See notebook 02_svd_and_low_rank_approximation.
-    """
+    """Matplotlib's bundled photo (``grace_hopper.jpg``, so nothing is downloaded) in gray (the mean of the three
+    colour channels), shape ``(600, 512)``, values in [0, 1]. See notebook 02_svd_and_low_rank_approximation."""
     import matplotlib.cbook as cbook
     import matplotlib.pyplot as plt
 
-    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    rgb = plt.imread(path)
+    rgb = plt.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     return rgb.astype(np.float64).mean(axis=2) / 255.0

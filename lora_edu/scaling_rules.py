@@ -23,9 +23,7 @@ __all__ = ["RANKS", "FIXED_ALPHA", "ALPHA_RULES", "ALPHA_RULE_LABELS", "SCALING_
 
 def alpha_for(rule: str, r: int, fixed_alpha: float = FIXED_ALPHA) -> float:
     """The α an α rule gives at rank ``r``: ``"r"`` → ``r``, ``"2r"`` → ``2r``, ``"fixed"`` → ``fixed_alpha``.
-
-    See notebook 06_rank_and_alpha_explorer.
-    """
+    See notebook 06_rank_and_alpha_explorer."""
     _validate.choice("rule", rule, ALPHA_RULES)
     r = _validate.integer("r", r, 1)
     fixed_alpha = _validate.positive("fixed_alpha", fixed_alpha)
@@ -34,9 +32,7 @@ def alpha_for(rule: str, r: int, fixed_alpha: float = FIXED_ALPHA) -> float:
 
 def lora_scaling(alpha: float, r: int, rule: str = "alpha/r") -> float:
     """The factor LoRA multiplies ``B A x`` by: ``α / r`` (LoRA) or ``α / √r`` (rsLoRA, ``rule="alpha/sqrt(r)"``).
-
-    With ``α = 2r`` and the α/r rule it is 2 for every rank. See notebook 06_rank_and_alpha_explorer.
-    """
+    With ``α = 2r`` and the α/r rule it is 2 for every rank. See notebook 06_rank_and_alpha_explorer."""
     alpha = _validate.positive("alpha", alpha)
     r = _validate.integer("r", r, 1)
     _validate.choice("rule", rule, SCALING_RULES)

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import _validate
 from .batched import batch_indices, frozen_linear_stack, train_lora_batch
-from .linalg import energy_retained
+from .linalg import energy_retained, singular_values
 from .lora import LoraConfig, add_lora, lora_layers
 from .scaling_rules import FIXED_ALPHA, RANKS, alpha_for, lora_init_A, lora_scaling
 from .strategies import apply_strategy
@@ -128,34 +128,27 @@ def planted_rank_sweep(ranks=tuple(range(1, 9)), true_ranks=tuple(range(1, 9)), 
     ranks = _validate.integers("ranks", ranks)
     true_ranks = _validate.integers("true_ranks", true_ranks)
     d = _validate.integer("d", d, 2)
-    for k in true_ranks + ranks:
-        if k > d:
-            raise ValueError(f"ranks and true_ranks must be <= d={d}, got {k}")
+    if max(ranks + true_ranks) > d:
+        raise ValueError(f"ranks and true_ranks must be <= d={d}, got {max(ranks + true_ranks)}")
     problems = [planted_rank_problem(k, d=d, n_train=n_train, n_val=n_val, noise_std=noise_std, seed=seed)
                 for k in true_ranks]
-    first = problems[0]
-
+    first, g = problems[0], len(problems)
     # One configuration per planted problem: shared inputs, one target per configuration (y: (K, n, d)).
     stacked = SimpleNamespace(x_train=first.x_train, x_val=first.x_val,
                               y_train=torch.stack([p.y_train for p in problems]),
                               y_val=torch.stack([p.y_val for p in problems]))
-
-    layers = [(first.w0, torch.zeros(d))]
-    losses, eval_steps = [], None
-    for r in ranks:
-        run = train_lora_batch(layers, [0], stacked, r, [1.0] * len(problems), [lr] * len(problems), steps,
-                               loss="mse", batch_size=None, eval_every=eval_every, seed=seed)
-        losses.append(run.val_loss)
-        eval_steps = run.eval_steps
+    runs = [train_lora_batch([(first.w0, torch.zeros(d))], [0], stacked, r, [1.0] * g, [lr] * g, steps, loss="mse",
+                             batch_size=None, eval_every=eval_every, seed=seed) for r in ranks]
     best = np.array([[p.best_rank_r_loss(r) for p in problems] for r in ranks])
-    return PlantedRankSweep(ranks, true_ranks, eval_steps, np.stack(losses), first.noise_floor, best)
+    return PlantedRankSweep(ranks, true_ranks, runs[0].eval_steps, np.stack([run.val_loss for run in runs]),
+                            first.noise_floor, best)
 
 
-def _target_names(model: nn.Module, target_modules) -> tuple[str, ...]:
-    """The names of the layers that get LoRA (default: the model's ``linear_targets``), checked by
-    `frozen_linear_stack`."""
-    frozen_linear_stack(model, target_modules)
-    return tuple(model.linear_targets if target_modules is None else target_modules)
+def _targets_and_task(model: nn.Module, target_modules, task) -> tuple[tuple[str, ...], object]:
+    """The names of the layers that get LoRA (default: the model's ``linear_targets``; checked by
+    `frozen_linear_stack`) and ``task`` moved to the model's device."""
+    layers, _ = frozen_linear_stack(model, target_modules)
+    return tuple(model.linear_targets if target_modules is None else target_modules), task.to(layers[0][0].device)
 
 
 def lora_gradient_norms_at_init(base_model: nn.Module, task, ranks=RANKS, alpha: float = FIXED_ALPHA,
@@ -165,35 +158,30 @@ def lora_gradient_norms_at_init(base_model: nn.Module, task, ranks=RANKS, alpha:
 
     For each rank and seed: `lora_edu.add_lora` on a copy of ``base_model`` at ``target_modules`` (default:
     the model's ``linear_targets``), each target's ``lora_A`` (r, in) redrawn in order from
-    ``torch.Generator().manual_seed(seed)`` (`lora_init_A`), one full-batch cross-entropy on the training
-    set, backward; the norm ``√(Σ_layers ‖∂L/∂B‖²)`` (``∂L/∂A = 0`` while ``B = 0``). Torch's global random
-    state is left as it was.
+    ``torch.Generator().manual_seed(seed)`` (`lora_init_A`), one full-batch cross-entropy on the training set,
+    backward; the norm ``√(Σ_layers ‖∂L/∂B‖²)`` (``∂L/∂A = 0`` while ``B = 0``). Torch's global random state
+    is left as it was.
 
-    ``∂L/∂B = s · G Aᵀ`` (out, r) with ``G = ∂L/∂ΔW`` (out, in), the same for every rank at init. Its r
-    columns ``G a_i`` come from r independent rows of ``A``, whose entry scale does not depend on r, so
-    ``E‖G Aᵀ‖² = r · E‖G a‖²`` and ``E‖∂L/∂B‖² ∝ s² r``. Returns (len(ranks),): the root mean square over
-    ``seeds``, which follows ``s·√r`` (``r^(-1/2)`` under ``s = α/r``, flat under rsLoRA's ``s = α/√r``).
-    See notebook 06_rank_and_alpha_explorer.
+    ``∂L/∂B = s · G Aᵀ`` (out, r) with ``G = ∂L/∂ΔW`` (out, in), the same for every rank at init. Its r columns
+    ``G a_i`` come from r independent rows of ``A`` (entry scale independent of r), so ``E‖∂L/∂B‖² ∝ s² r``.
+    Returns (len(ranks),): the root mean square over ``seeds``, which follows ``s·√r`` (``r^(-1/2)`` under
+    ``s = α/r``, flat under rsLoRA's ``s = α/√r``). See notebook 06_rank_and_alpha_explorer.
     """
     ranks = _validate.integers("ranks", ranks)
     alpha = _validate.positive("alpha", alpha)
     _validate.boolean("use_rslora", use_rslora)
     seeds = _validate.integers("seeds", seeds, 0)
-    target_modules = _target_names(base_model, target_modules)
-    device = next(base_model.parameters()).device
-    task = task.to(device)
+    target_modules, task = _targets_and_task(base_model, target_modules, task)
     squares = np.zeros((len(ranks), len(seeds)))
     for i, r in enumerate(ranks):
         for j, seed in enumerate(seeds):
             with torch.random.fork_rng(devices=[]):  # add_lora's own draw must not move the global state
-                config = LoraConfig(target_modules=list(target_modules), r=r, lora_alpha=alpha,
-                                    use_rslora=use_rslora)
-                model = add_lora(copy.deepcopy(base_model), config)
+                model = add_lora(copy.deepcopy(base_model), LoraConfig(target_modules=list(target_modules), r=r,
+                                                                       lora_alpha=alpha, use_rslora=use_rslora))
             generator = torch.Generator().manual_seed(seed)
             layers = lora_layers(model)
             with torch.no_grad():
-                for name in target_modules:
-                    layer = layers[name]
+                for layer in (layers[name] for name in target_modules):
                     layer.lora_A["default"].copy_(lora_init_A(layer.in_features, r, generator=generator))
             model.train()
             F.cross_entropy(model(task.x_train), task.y_train).backward()
@@ -207,11 +195,11 @@ def lora_first_step_norms(base_model: nn.Module, task, ranks=RANKS, alpha_rule: 
     """The size of LoRA's update after one full-batch Adam step, per rank: ``√(Σ_layers ‖s B₁ A₁‖_F²)``.
 
     Adam's first step moves every entry of ``B`` by ``lr`` (``B₁ = −lr · sign(∂L/∂B)``) whatever the gradient's
-    scale, and ``A`` not at all, so ``‖ΔW₁‖ = s · lr · ‖sign(G Aᵀ) A‖ ≈ c · s·√r`` for ``r ≪ in``: it grows like
-    ``√r`` when ``s`` is constant (α = r, α = 2r), falls like ``r^(-1/2)`` under α/r with a fixed α, and is
-    flat under α/√r. Only approximately: the signs ``sign(G a_i)`` line up a little with the overlaps
-    ``a_i · a_j`` of A's rows, which adds a part growing like ``r/√in``, so measured log-log slopes sit
-    slightly above -1/2, 0 and +1/2. Returns (len(ranks),). See notebook 06_rank_and_alpha_explorer.
+    scale, and ``A`` not at all, so ``‖ΔW₁‖ = s · lr · ‖sign(G Aᵀ) A‖ ≈ c · s·√r`` for ``r ≪ in``: it grows
+    like ``√r`` when ``s`` is constant (α = r, α = 2r), falls like ``r^(-1/2)`` under α/r with a fixed α, and
+    is flat under α/√r. Only approximately: the signs ``sign(G a_i)`` line up a little with the overlaps
+    ``a_i · a_j`` of A's rows (a part growing like ``r/√in``), so measured log-log slopes sit slightly above
+    -1/2, 0 and +1/2. Returns (len(ranks),). See notebook 06_rank_and_alpha_explorer.
     """
     ranks = _validate.integers("ranks", ranks)
     lr = _validate.positive("lr", lr)
@@ -221,8 +209,7 @@ def lora_first_step_norms(base_model: nn.Module, task, ranks=RANKS, alpha_rule: 
     for r in ranks:
         s = lora_scaling(alpha_for(alpha_rule, r, fixed_alpha), r, scaling_rule)
         run = train_lora_batch(layers, positions, task, r, [s], [lr], 1, batch_size=None, seed=seed)
-        squares = sum(float((s * (b[0] @ a[0])).pow(2).sum()) for a, b in run.factors.values())
-        norms.append(math.sqrt(squares))
+        norms.append(math.sqrt(sum(float((s * (b[0] @ a[0])).pow(2).sum()) for a, b in run.factors.values())))
     return np.array(norms)
 
 
@@ -247,13 +234,11 @@ def full_finetuning_delta(base_model: nn.Module, task, steps: int = 60, lr: floa
     steps = _validate.integer("steps", steps, 1)
     lr = _validate.positive("lr", lr)
     batch_size = _validate.integer("batch_size", batch_size, 1)
-    target_modules = _target_names(base_model, target_modules)
-    device = next(base_model.parameters()).device
-    task = task.to(device)
+    target_modules, task = _targets_and_task(base_model, target_modules, task)
     model = copy.deepcopy(base_model)
     before = {name: model.get_submodule(name).weight.detach().clone() for name in target_modules}
     apply_strategy(model, "full")
-    rows = batch_indices(len(task.x_train), batch_size, steps, seed).to(device)
+    rows = batch_indices(len(task.x_train), batch_size, steps, seed).to(task.x_train.device)
     train(model, lambda step: (task.x_train[rows[step]], task.y_train[rows[step]]), steps, lr, progress=False)
     deltas = {name: (model.get_submodule(name).weight.detach() - before[name]).double().cpu().numpy()
               for name in target_modules}
@@ -264,10 +249,5 @@ def directions_for_energy(matrix, fraction: float = 0.9) -> int:
     """How many singular directions of ``matrix`` (d, k) hold ``fraction`` of its energy ``‖·‖_F²``:
     the smallest n with ``(σ₁² + … + σ_n²) / Σσ² ≥ fraction``. See notebook 06_rank_and_alpha_explorer."""
     _validate.real("fraction", fraction, 0, 1, open_min=True)
-    if hasattr(matrix, "detach"):
-        matrix = matrix.detach().cpu().numpy()
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.ndim != 2 or matrix.size == 0:
-        raise ValueError(f"matrix must be a non-empty 2-D array (d, k), got shape {matrix.shape}")
-    curve = energy_retained(np.linalg.svd(matrix, compute_uv=False))
+    curve = energy_retained(singular_values(matrix))  # singular_values checks that matrix is a 2-D array of numbers
     return int(np.searchsorted(curve, fraction - 1e-12) + 1)

@@ -33,6 +33,10 @@ def test_batch_indices():
     assert rows.shape == (5, 8) and int(rows.min()) >= 0 and int(rows.max()) < 100
     assert torch.equal(rows, batched.batch_indices(100, 8, 5, seed=1))
     assert torch.equal(batched.batch_indices(10, None, 3)[2], torch.arange(10))
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        batched.batch_indices(10, 0, 3)
+    with pytest.raises(TypeError, match=r"steps must be an int >= 1, got bool True"):
+        batched.batch_indices(10, 4, True)
 
 
 @pytest.mark.parametrize("r, alpha, use_rslora, lr", [(4, 8.0, False, 3e-3), (2, 16.0, True, 1e-2)])
@@ -126,15 +130,6 @@ def test_frozen_linear_stack_of_the_digits_mlp_and_of_any_stack(mlp):
     assert positions == [1] and torch.equal(layers[0][1], torch.zeros(3))  # no bias: zeros
     x = torch.randn(5, 4)
     assert torch.allclose(batched._forward(x, layers, {}, 0.0), stack(x))
-
-
-@pytest.mark.parametrize("call, error, match", [
-    (lambda: batched.batch_indices(10, 0, 3), ValueError, r"batch_size must be an int >= 1, got 0"),
-    (lambda: batched.batch_indices(10, 4, True), TypeError, r"steps must be an int >= 1, got bool True"),
-])
-def test_bad_input_raises_with_a_clear_message(call, error, match):
-    with pytest.raises(error, match=match):
-        call()
 
 
 def test_bad_input_to_the_model_functions(mlp, task):

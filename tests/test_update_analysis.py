@@ -58,11 +58,9 @@ def test_gradient_norm_at_init_scales_as_s_times_sqrt_r(mlp, task):
 
 
 def test_gradient_norms_at_init_leave_the_global_random_state_alone(mlp, task):
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
     update_analysis.lora_gradient_norms_at_init(mlp, task, (1, 2), seeds=(0,))
-    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_first_adam_step_norms(mlp, task):
@@ -102,7 +100,8 @@ def test_full_finetuning_delta(mlp, task):
 @pytest.mark.parametrize("call, error, match", [
     (lambda: update_analysis.planted_rank_problem(40, d=32), ValueError,
      r"true_rank must be an int >= 1 and <= 32 \(d=32\), got 40"),
-    (lambda: update_analysis.planted_rank_problem(2, noise_std=0), ValueError, r"noise_std must be a finite number > 0"),
+    (lambda: update_analysis.planted_rank_problem(2, noise_std=0), ValueError,
+     r"noise_std must be a finite number > 0"),
     (lambda: update_analysis.planted_rank_sweep(ranks=()), ValueError, r"ranks must be a non-empty list"),
     (lambda: update_analysis.planted_rank_sweep(ranks=(1, 1)), ValueError, r"ranks must not repeat"),
     (lambda: update_analysis.planted_rank_sweep(ranks=(1, 40)), ValueError, r"ranks and true_ranks must be <= d=32"),
@@ -112,7 +111,7 @@ def test_full_finetuning_delta(mlp, task):
     (lambda: update_analysis.loglog_slope([1], [1]), ValueError, r"x and y must be 1-D of the same length >= 2"),
     (lambda: update_analysis.directions_for_energy(np.eye(3), 0), ValueError,
      r"fraction must be a finite number > 0 and <= 1, got 0.0"),
-    (lambda: update_analysis.directions_for_energy(np.ones(3), 0.9), ValueError, r"matrix must be a non-empty 2-D"),
+    (lambda: update_analysis.directions_for_energy(np.ones(3), 0.9), ValueError, r"matrix must be 2-D"),
 ])
 def test_bad_input_raises_with_a_clear_message(call, error, match):
     with pytest.raises(error, match=match):
