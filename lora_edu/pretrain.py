@@ -28,7 +28,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from . import _validate
 from .data import DIGITS_TASKS, DigitsTask, evaluation_windows, load_corpus, load_digits_task, random_windows
-from .models import DigitsMLP, GPTConfig, TinyGPT
+from .models import DigitsMLP, GPTConfig, TinyGPT, count_parameters
 from .training import evaluate_accuracy, evaluate_loss, train
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -85,7 +85,6 @@ def load_pretrained_gpt(device=None, path: Path | str = GPT_CHECKPOINT) -> TinyG
     Each call returns a new model, so a strategy applied to one does not touch the next.
     See notebook 05_finetuning_strategies_compared.
     """
-    path = Path(path)
     metadata = checkpoint_metadata(path)
     if "config" not in metadata:
         raise ValueError(f"path={str(path)!r} has no 'config' in its metadata: not a lora_edu GPT checkpoint")
@@ -155,8 +154,7 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be positive")
     torch.set_num_threads(args.threads)
-    prose = load_corpus("prose")
-    print(prose.report())
+    print(load_corpus("prose").report())
     start = time.perf_counter()
     model, result = pretrain_gpt(args.steps, args.seed)
     seconds = time.perf_counter() - start
@@ -164,11 +162,9 @@ def main(argv=None) -> int:
                 "final_train_loss": f"{result.train_losses[-1]:.4f}",
                 "prose_val_loss": f"{result.final('prose val loss'):.4f}",
                 "seconds": f"{seconds:.1f}", "python": sys.version.split()[0], "torch": torch.__version__}
-    target = args.out
-    if args.check:
-        target = Path(tempfile.mkdtemp()) / "tiny_gpt_prose.safetensors"
+    target = Path(tempfile.mkdtemp()) / "tiny_gpt_prose.safetensors" if args.check else args.out
     size = save_gpt_checkpoint(model, target, metadata)
-    print(f"pretrained {model.__class__.__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+    print(f"pretrained {model.__class__.__name__} ({count_parameters(model):,} parameters) "
           f"for {args.steps} steps in {seconds:.1f} s on {args.threads} CPU thread(s)")
     print(f"prose validation loss {result.final('prose val loss'):.4f} nats/char; "
           f"wrote {size:,} bytes to {target}")

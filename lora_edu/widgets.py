@@ -52,7 +52,7 @@ class LiveFigure:
         self.plot.add_class(f"{css_prefix}-plot")
         for name, control in self.controls.items():
             control.add_class(f"{css_prefix}-{name}")
-            control.observe(self._on_change, names="value")
+            control.observe(lambda _change: self.redraw(), names="value")
         self.box = widgets.VBox([widgets.HBox(list(self.controls.values())), self.label, self.plot])
         self.png = b""
         self.redraw()
@@ -69,9 +69,6 @@ class LiveFigure:
                               "data": {"image/png": base64.b64encode(self.png).decode("ascii"),
                                        "text/plain": "<figure>"}},)
         self.label.value = readout  # after the figure: a readout showing the new value means the figure has been sent
-
-    def _on_change(self, _change) -> None:
-        self.redraw()
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = self.box._repr_mimebundle_(**kwargs)
