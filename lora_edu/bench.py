@@ -16,8 +16,7 @@ Explained in notebook 05_finetuning_strategies_compared. Everything is measured 
 Sizes: ``--size default`` (the notebook's models; under 2 minutes on 2 CPU cores), ``--size large``
 or ``--large`` (wider and deeper models, for a GPU), ``--size tiny`` (seconds; the test suite's smoke
 test). On the CPU it uses one thread unless ``--threads`` says otherwise: on a shared machine, busy
-cores make multi-threaded timings erratic. Timings vary between machines and runs: read the ratios,
-not the absolute times.
+cores make multi-threaded timings erratic.
 """
 from __future__ import annotations
 

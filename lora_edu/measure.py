@@ -2,12 +2,10 @@
 
 Explained in notebook 05_finetuning_strategies_compared.
 
-- Counts are exact: trainable parameters, and the bytes of what training keeps per trainable number
-  (the weight, its gradient and AdamW's two moment estimates: ``4 × 4`` bytes in float32).
+- Counts are exact: trainable parameters and the bytes training keeps (16 per trainable number in float32).
 - Disk: the bytes of a safetensors file holding what must be stored per task.
-- Time: medians of many runs after a warm-up; models compared with each other are timed in turns
-  (round robin), so a slow moment on a busy machine hits all of them alike. Timings vary between
-  machines and runs; compare ratios measured side by side, never absolute times across machines.
+- Time: medians of many runs after a warm-up, models compared with each other timed in turns (`in_turns`).
+  Timings vary between machines and runs: compare ratios measured side by side, never absolute times.
 """
 from __future__ import annotations
 

@@ -104,10 +104,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """``up_proj (d -> hidden) -> GELU -> down_proj (hidden -> d)``.
+    """``up_proj (d -> hidden) -> GELU -> down_proj (hidden -> d)``, as in GPT-2.
 
-    A plain up/down MLP, as in GPT-2. Llama's MLP has a third projection (``gate_proj``, SwiGLU:
-    ``down(silu(gate(x)) * up(x))``); only the names ``up_proj``/``down_proj`` are shared.
+    Llama's MLP adds ``gate_proj`` (SwiGLU: ``down(silu(gate(x)) * up(x))``); only the names are shared.
     """
 
     def __init__(self, d_model: int, hidden: int):

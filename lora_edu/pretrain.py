@@ -134,19 +134,13 @@ def digits_accuracy(model, task) -> float:
     return evaluate_accuracy(model, task.x_val, task.y_val)
 
 
-def _max_difference(a: dict, b: dict) -> float:
-    if a.keys() != b.keys():
-        return float("inf")
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_edu.pretrain",
                                      description="Pretrain the tiny GPT on Python's documentation topics.")
     parser.add_argument("--steps", type=int, default=GPT_PRETRAINING["steps"])
     parser.add_argument("--seed", type=int, default=GPT_PRETRAINING["seed"])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results are bit-identical "
-                                                               "only at the same count; default 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (results are bit-identical only at the same count; default 1)")
     parser.add_argument("--out", type=Path, default=GPT_CHECKPOINT, help="where to write the checkpoint")
     parser.add_argument("--check", action="store_true",
                         help="train into a temporary file and compare with the checkpoint at --out")
@@ -169,7 +163,9 @@ def main(argv=None) -> int:
     print(f"prose validation loss {result.final('prose val loss'):.4f} nats/char; "
           f"wrote {size:,} bytes to {target}")
     if args.check:
-        difference = _max_difference(load_file(str(target)), load_file(str(args.out)))
+        retrained, shipped = load_file(str(target)), load_file(str(args.out))
+        difference = (max(float((retrained[k].float() - shipped[k].float()).abs().max()) for k in shipped)
+                      if retrained.keys() == shipped.keys() else float("inf"))
         print(f"largest difference from {args.out}: {difference:.3g}")
         return 0 if difference == 0 else 1
     return 0

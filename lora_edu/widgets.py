@@ -6,7 +6,7 @@ Explained in notebook 00_welcome. Conventions every notebook follows:
   as a fallback beside the widget, so static viewers (GitHub, nbviewer) show it;
 - heavy results are precomputed; ``draw`` only picks from them, so a move answers in well under 1 s;
 - every control, the readout and the figure carry stable CSS classes for the browser tests
-  (``tests/browser``), e.g. ``rank-slider``, ``rank-label``, ``rank-plot``.
+  (``tests/browser``): ``{prefix}-{control}``, ``{prefix}-label``, ``{prefix}-plot`` (e.g. ``rank-slider``).
 """
 from __future__ import annotations
 
@@ -34,9 +34,7 @@ class LiveFigure:
     """Controls, a text readout and a figure that redraws whenever a control moves.
 
     ``draw(**values)`` receives the current value of every control (by the names in ``controls``)
-    and returns ``(figure, readout_html)``. ``css_prefix`` names the CSS classes: each control gets
-    ``{css_prefix}-{name}`` (plus the control's own class if given), the readout
-    ``{css_prefix}-label`` and the figure ``{css_prefix}-plot``.
+    and returns ``(figure, readout_html)``. ``css_prefix`` is the ``{prefix}`` of the CSS classes.
     """
 
     def __init__(self, draw: Callable[..., tuple], controls: Mapping[str, widgets.ValueWidget],
