@@ -16,8 +16,7 @@ Explained in notebook 05_finetuning_strategies_compared. Everything is measured 
 Sizes: ``--size default`` (the notebook's models; under 2 minutes on 2 CPU cores), ``--size large``
 or ``--large`` (wider and deeper models, for a GPU), ``--size tiny`` (seconds; the test suite's smoke
 test). On the CPU it uses one thread unless ``--threads`` says otherwise: on a shared machine, busy
-cores make multi-threaded timings erratic. Timings vary between machines and runs: read the ratios,
-not the absolute times.
+cores make multi-threaded timings erratic.
 """
 from __future__ import annotations
 
@@ -146,16 +145,12 @@ def run(size_name: str = "default", device=None, show=print) -> dict:
         merged = merge_and_unload(copy.deepcopy(ours))
         merged_kept = merge_lora(copy.deepcopy(ours))  # merged, but the LoRALinear wrappers stay
         adapters = apply_strategy(copy.deepcopy(base), "adapters", bottleneck=size.adapter_bottleneck)
-        variants = {"base": base, "LoRA merged": merged, "LoRA merged, wrappers kept": merged_kept,
-                    "LoRA unmerged": ours.eval(), "adapters": adapters}
+        variants = {"base": base, "merged LoRA": merged, "merged, wrappers kept": merged_kept,
+                    "unmerged LoRA": ours.eval(), "adapters": adapters}  # named as in the printed labels
         for batch in (1, 32):
-            example = _example(x, batch)
-            times = measure_latencies(variants, example, repeats=size.inference_repeats, warmup=5)
-            results[name, f"merged LoRA / base, batch {batch}"] = times["LoRA merged"] / times["base"]
-            results[name, f"merged, wrappers kept / base, batch {batch}"] = (times["LoRA merged, wrappers kept"]
-                                                                             / times["base"])
-            results[name, f"unmerged LoRA / base, batch {batch}"] = times["LoRA unmerged"] / times["base"]
-            results[name, f"adapters / base, batch {batch}"] = times["adapters"] / times["base"]
+            times = measure_latencies(variants, _example(x, batch), repeats=size.inference_repeats, warmup=5)
+            for variant in list(variants)[1:]:
+                results[name, f"{variant} / base, batch {batch}"] = times[variant] / times["base"]
             results[name, f"base ms, batch {batch}"] = 1e3 * times["base"]
         results[name, "FLOP ratio r(d+k)/(dk) of the LoRA layers"] = _model_flop_ratio(base, targets, r)
         first = next(m for n, m in base.named_modules() if isinstance(m, nn.Linear))
@@ -197,8 +192,8 @@ def time_mixed_batches(size: BenchSize, device: torch.device) -> dict:
     for n in MIXED_ADAPTERS:
         per_example = [names[i % n] for i in range(MIXED_BATCH)]
         with per_example_adapters(ours.eval(), per_example):
-            times = measure_latencies({"ours": ours, "peft": _PeftMixedBatch(theirs, per_example), "one": single},
-                                      x, repeats=repeats, warmup=2)
+            times = measure_latencies({"lora_edu": ours, "PEFT": _PeftMixedBatch(theirs, per_example),
+                                       "one": single}, x, repeats=repeats, warmup=2)
         set_up = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -206,9 +201,8 @@ def time_mixed_batches(size: BenchSize, device: torch.device) -> dict:
                 _synchronize(device)
             set_up.append(time.perf_counter() - start)
         label = f"mixed batch, {n} adapter{'s' if n > 1 else ''}"
-        results["tiny GPT", f"{label}, lora_edu / PEFT"] = times["ours"] / times["peft"]
-        results["tiny GPT", f"{label}, lora_edu / one"] = times["ours"] / times["one"]
-        results["tiny GPT", f"{label}, PEFT / one"] = times["peft"] / times["one"]
+        for numerator, denominator in (("lora_edu", "PEFT"), ("lora_edu", "one"), ("PEFT", "one")):
+            results["tiny GPT", f"{label}, {numerator} / {denominator}"] = times[numerator] / times[denominator]
         results["tiny GPT", f"{label}, set-up / one forward"] = statistics.median(set_up) / times["one"]
     return results
 

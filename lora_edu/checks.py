@@ -108,7 +108,7 @@ def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float
     label = f"{what} " if what else ""
     for_what = f" for {what}" if what else ""
     got_arr = _as_array(got) if not isinstance(got, (str, bytes, bool, type(None))) else None
-    if got_arr is None or got_arr.dtype == object or got_arr.dtype == bool or not _is_numeric(got_arr):
+    if got_arr is None or not _is_numeric(got_arr):  # bool and object arrays are not numeric
         return failed(exercise, f"expected a number or an array of numbers{for_what}, "
                                 f"got {type(got).__name__}: {got!r:.60}")
     got_arr = got_arr.astype(float)

@@ -24,9 +24,7 @@ __all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "Tr
 
 def full_params(d: int, k: int) -> int:
     """Numbers in a dense ``d × k`` matrix (what full fine-tuning trains in it): ``d·k``.
-
-    See notebook 03_parameter_savings.
-    """
+    See notebook 03_parameter_savings."""
     return _validate.integer("d", d, 1) * _validate.integer("k", k, 1)
 
 
@@ -43,8 +41,7 @@ def lora_params(d: int, k: int, r: int) -> int:
 def savings_ratio(d: int, k: int, r: int) -> float:
     """How many times fewer numbers LoRA trains than the dense matrix: ``d·k / (r·(d + k))``.
 
-    Example: ``d = k = 2500, r = 8`` gives 6,250,000 / 40,000 = 156.25. See notebook 03_parameter_savings.
-    """
+    Example: ``d = k = 2500, r = 8`` gives 6,250,000 / 40,000 = 156.25. See notebook 03_parameter_savings."""
     return full_params(d, k) / lora_params(d, k, r)
 
 
@@ -52,8 +49,7 @@ def break_even_rank(d: int, k: int) -> float:
     """The rank at which LoRA stores as many numbers as the dense matrix: ``r* = d·k / (d + k)``.
 
     LoRA saves parameters exactly when ``r < r*``; for a square ``d × d`` matrix ``r* = d / 2``.
-    See notebook 03_parameter_savings.
-    """
+    See notebook 03_parameter_savings."""
     d, k = _validate.integer("d", d, 1), _validate.integer("k", k, 1)
     return d * k / (d + k)
 
@@ -113,8 +109,7 @@ def linear_layer_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
     Attention: ``q``, ``k``, ``v``, ``o``, each ``d_model × d_model``. MLP: ``up`` ``(d_model, d_ff)`` and
     ``down`` ``(d_ff, d_model)``, plus ``gate`` ``(d_model, d_ff)`` for SwiGLU. (GPT-2 stores q, k, v as one
     fused ``c_attn`` of shape ``(768, 2304)``; split, it is the same three matrices.)
-    See notebook 03_parameter_savings.
-    """
+    See notebook 03_parameter_savings."""
     s = _check_shape(shape)
     layers = {name: (s.d_model, s.d_model) for name in ("q", "k", "v", "o")}
     if s.mlp == "swiglu":
@@ -127,9 +122,7 @@ def linear_layer_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
 def count_model_params(shape: TransformerShape) -> int:
     """All parameters of a model with this shape: embeddings, every block's linear layers (with biases
     if it has them) and norms, the final norm, and the output layer unless it is tied to the embedding.
-
-    See notebook 03_parameter_savings.
-    """
+    See notebook 03_parameter_savings."""
     s = _check_shape(shape)
     norm = 2 * s.d_model if s.norm == "layernorm" else s.d_model
     block = 2 * norm
@@ -144,9 +137,7 @@ def lora_trainable_params(shape: TransformerShape, r: int, targets=("q", "v")) -
     """Parameters LoRA trains when it adapts the matrices named in ``targets`` in every block:
     ``n_layers · Σ_targets r·(d_in + d_out)``. ``targets="all"`` adapts every linear layer of the blocks.
     Each name may appear once (a matrix is adapted once, however often it is listed).
-
-    See notebook 03_parameter_savings.
-    """
+    See notebook 03_parameter_savings."""
     layers = linear_layer_shapes(shape)
     if targets == "all":
         targets = tuple(layers)
@@ -175,27 +166,22 @@ def training_memory_bytes(total_params: int, trainable_params: int, precision: s
 
     Full fine-tuning is ``trainable_params == total_params``. Returns ``weights``, ``gradients``,
     ``master_weights``, ``optimizer`` and ``total``. Activations are not included.
-    See notebook 03_parameter_savings.
-    """
+    See notebook 03_parameter_savings."""
     total = _validate.integer("total_params", total_params, 1)
     trainable = _validate.integer("trainable_params", trainable_params, 1)
     if trainable > total:
         raise ValueError(f"trainable_params ({trainable}) must not exceed total_params ({total})")
-    _validate.choice("precision", precision, PRECISIONS)
-    if precision == "fp32":
-        parts = {"weights": 4 * total, "gradients": 4 * trainable, "master_weights": 0, "optimizer": 8 * trainable}
-    else:
-        parts = {"weights": 2 * total, "gradients": 2 * trainable, "master_weights": 4 * trainable,
-                 "optimizer": 8 * trainable}
+    fp32 = _validate.choice("precision", precision, PRECISIONS) == "fp32"
+    weight_bytes = 4 if fp32 else 2  # bf16-mixed: bf16 weights and gradients, an fp32 master copy
+    parts = {"weights": weight_bytes * total, "gradients": weight_bytes * trainable,
+             "master_weights": 0 if fp32 else 4 * trainable, "optimizer": 8 * trainable}
     parts["total"] = sum(parts.values())
     return parts
 
 
 def checkpoint_bytes(params: int, dtype: str = "bf16") -> int:
-    """Bytes to save ``params`` numbers in ``dtype`` (``"fp32"``, ``"bf16"`` or ``"fp16"``), file headers aside.
-
-    See notebook 03_parameter_savings.
-    """
+    """Bytes to save ``params`` numbers in ``dtype`` (``"fp32"``, ``"bf16"`` or ``"fp16"``), file headers aside:
+    ``params · BYTES_PER_VALUE[dtype]``. See notebook 03_parameter_savings."""
     params = _validate.integer("params", params, 1)
     return params * BYTES_PER_VALUE[_validate.choice("dtype", dtype, BYTES_PER_VALUE)]
 
@@ -213,7 +199,8 @@ def format_bytes(n) -> str:
 
 
 def _with_unit(n, units, with_unit: str, plain: str) -> str:
-    """The largest unit that ``n`` reaches, moving up one when rounding reaches 1000 (999,999 → '1M', not '1e+03k')."""
+    """The largest unit that ``n`` reaches, moving up one when rounding reaches 1000
+    (999,999 → '1M', not '1e+03k')."""
     scales = [(1, None)] + sorted(units)  # smallest first
 
     def show(level: int) -> tuple[str, float]:

@@ -32,6 +32,5 @@ FIRST_COMING = "07_many_tasks_one_model"  # from here on, the notebooks are stil
 
 def course_status() -> list[tuple[str, str, str, bool]]:
     """The map with a flag per notebook: True when it is written, False while it is coming."""
-    stems = [stem for stem, _, _ in COURSE_MAP]
-    first_coming = stems.index(FIRST_COMING)
+    first_coming = [stem for stem, _, _ in COURSE_MAP].index(FIRST_COMING)
     return [(stem, title, summary, i < first_coming) for i, (stem, title, summary) in enumerate(COURSE_MAP)]

@@ -48,12 +48,11 @@ class DigitsTask:
 
 
 def transform_digits(images: np.ndarray, task: str) -> np.ndarray:
-    """Apply a task's transformation to images of shape (n, 8, 8) with values in [0, 1].
+    """Apply a task's transformation to images of shape (n, 8, 8) with values in [0, 1]; same shape out.
 
     ``original``: unchanged; ``rotated``: turned 90° counter-clockwise; ``mirrored``: flipped left to
-    right; ``inverted``: ``1 - x`` (the ink, near 1, becomes near 0 and the background 1: drawn with
-    ``cmap="gray_r"`` as in the notebook, dark digits on white become white digits on dark).
-    Returns an array of the same shape. See notebook 05_finetuning_strategies_compared.
+    right; ``inverted``: ``1 - x`` (drawn with ``cmap="gray_r"``, dark digits on white become white on dark).
+    See notebook 05_finetuning_strategies_compared.
     """
     _validate.choice("task", task, DIGITS_TASKS)
     images = np.asarray(images)
@@ -175,9 +174,7 @@ def python_source_documents(modules=PYTHON_SOURCE_MODULES) -> tuple[dict[str, st
     documents, skipped = {}, []
     for module_name in modules:
         try:
-            module = importlib.import_module(module_name)
-            path = Path(module.__file__)
-            text = path.read_text(encoding="utf-8")
+            text = Path(importlib.import_module(module_name).__file__).read_text(encoding="utf-8")
         except (ImportError, AttributeError, TypeError, OSError, UnicodeDecodeError):
             skipped.append(module_name)
             continue
@@ -206,25 +203,20 @@ def load_corpus(name: str) -> TextCorpus:
     """
     _validate.choice("name", name, CORPORA)
     if name not in _CORPUS_CACHE:
-        if name == "prose":
-            corpus = _split_documents(name, prose_documents(), [])
-        else:
-            documents, skipped = python_source_documents()
-            if not documents:
-                raise RuntimeError(f"none of the standard-library modules {PYTHON_SOURCE_MODULES} has a "
-                                   "readable .py file in this Python")
-            corpus = _split_documents(name, documents, skipped)
-        _CORPUS_CACHE[name] = corpus
+        documents, skipped = (prose_documents(), []) if name == "prose" else python_source_documents()
+        if not documents:  # only the python corpus can come out empty: every module file missing
+            raise RuntimeError(f"none of the standard-library modules {PYTHON_SOURCE_MODULES} has a "
+                               "readable .py file in this Python")
+        _CORPUS_CACHE[name] = _split_documents(name, documents, skipped)
     return _CORPUS_CACHE[name]
 
 
 def _windows_at(ids: torch.Tensor, starts: torch.Tensor, context: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs ``ids[s : s+context]`` and next-character targets ``ids[s+1 : s+context+1]`` for each start s."""
     windows = ids[starts[:, None] + torch.arange(context + 1)[None, :]]
-    x, y = windows[:, :-1], windows[:, 1:]
     if device is not None:
-        x, y = x.to(device), y.to(device)
-    return x, y
+        windows = windows.to(device)
+    return windows[:, :-1], windows[:, 1:]
 
 
 def random_windows(ids: torch.Tensor, batch_size: int, context: int,

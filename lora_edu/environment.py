@@ -27,13 +27,8 @@ def _mps_available() -> bool:
 
 def available_devices() -> list[str]:
     """The device kinds this machine can run on, in order of preference (CUDA, Apple MPS, CPU)."""
-    found = []
-    if torch.cuda.is_available():
-        found.append("cuda")
-    if _mps_available():
-        found.append("mps")
-    found.append("cpu")
-    return found
+    found = [name for name, present in (("cuda", torch.cuda.is_available()), ("mps", _mps_available())) if present]
+    return found + ["cpu"]
 
 
 def get_device(requested: str | None = None) -> torch.device:
@@ -43,23 +38,17 @@ def get_device(requested: str | None = None) -> torch.device:
     of ``"cpu"``, ``"cuda"`` or ``"mps"``. Any other value, or a device this machine lacks, raises
     ``ValueError`` naming the variable and the allowed values. See notebook 00_welcome.
     """
-    source = "requested"
-    if requested is None:
-        requested = os.environ.get(DEVICE_ENV_VAR, "").strip()
-        source = DEVICE_ENV_VAR
+    source = "requested" if requested is not None else DEVICE_ENV_VAR
+    requested = requested if requested is not None else os.environ.get(DEVICE_ENV_VAR, "").strip()
     if not requested:
         return torch.device(available_devices()[0])
     name = requested.strip().lower()
     if name not in ALLOWED_DEVICES:
-        raise ValueError(
-            f"{source}={requested!r} is not a device the course knows; "
-            f"allowed values: {', '.join(ALLOWED_DEVICES)} (or leave it unset to pick automatically)"
-        )
+        raise ValueError(f"{source}={requested!r} is not a device the course knows; allowed values: "
+                         f"{', '.join(ALLOWED_DEVICES)} (or leave it unset to pick automatically)")
     if name not in available_devices():
-        raise ValueError(
-            f"{source}={requested!r} asks for a device this machine does not have; "
-            f"available here: {', '.join(available_devices())}"
-        )
+        raise ValueError(f"{source}={requested!r} asks for a device this machine does not have; "
+                         f"available here: {', '.join(available_devices())}")
     return torch.device(name)
 
 
@@ -107,14 +96,10 @@ def environment_report() -> dict[str, str]:
         "platform": f"{platform.system()} {platform.machine()}",
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "matplotlib": _version("matplotlib"),
-        "ipywidgets": _version("ipywidgets"),
-        "scikit-learn": _version("scikit-learn"),
-        "peft": _version("peft"),
-        "lora_edu": _version("lora_edu"),
+        **{package: _version(package) for package in ("matplotlib", "ipywidgets", "scikit-learn", "peft", "lora_edu")},
         "device": str(device),
         "devices available": ", ".join(available_devices()),
-        f"{DEVICE_ENV_VAR}": os.environ.get(DEVICE_ENV_VAR, "") or "(unset: automatic)",
+        DEVICE_ENV_VAR: os.environ.get(DEVICE_ENV_VAR, "") or "(unset: automatic)",
         "torch CPU threads": str(torch.get_num_threads()),
         "CPU cores": str(os.cpu_count()),
     }

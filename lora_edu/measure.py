@@ -2,12 +2,10 @@
 
 Explained in notebook 05_finetuning_strategies_compared.
 
-- Counts are exact: trainable parameters, and the bytes of what training keeps per trainable number
-  (the weight, its gradient and AdamW's two moment estimates: ``4 × 4`` bytes in float32).
+- Counts are exact: trainable parameters and the bytes training keeps (16 per trainable number in float32).
 - Disk: the bytes of a safetensors file holding what must be stored per task.
-- Time: medians of many runs after a warm-up; models compared with each other are timed in turns
-  (round robin), so a slow moment on a busy machine hits all of them alike. Timings vary between
-  machines and runs; compare ratios measured side by side, never absolute times across machines.
+- Time: medians of many runs after a warm-up, models compared with each other timed in turns (`in_turns`).
+  Timings vary between machines and runs: compare ratios measured side by side, never absolute times.
 """
 from __future__ import annotations
 
@@ -51,15 +49,12 @@ def measured_training_memory_bytes(model: nn.Module) -> dict[str, int]:
 
     ``weights``: every parameter (frozen ones too); ``gradients``: one per trainable number;
     ``optimizer``: AdamW's ``exp_avg`` and ``exp_avg_sq`` per trainable number plus one 4-byte ``step``
-    per trainable tensor; ``trainable_total`` = trainable weights + gradients + optimizer state
-    (float32: 16 bytes per trainable number); ``total`` = every weight (frozen ones too, 4 bytes each
-    in float32) + gradients + optimizer state: what training needs besides the activations.
-    Activations are not included: they depend on the batch and the sequence length.
-    See notebook 05_finetuning_strategies_compared.
+    per trainable tensor; ``trainable_total`` = trainable weights + gradients + optimizer (float32: 16 bytes
+    per trainable number); ``total`` = weights + gradients + optimizer. Activations (they depend on the
+    batch and the sequence length) are not included. See notebook 05_finetuning_strategies_compared.
     """
     trainable = [p for p in _validate.module("model", model).parameters() if p.requires_grad]
-    weights = tensor_bytes(model.parameters())
-    trainable_weights = tensor_bytes(trainable)
+    weights, trainable_weights = tensor_bytes(model.parameters()), tensor_bytes(trainable)
     gradients = trainable_weights
     optimizer = 2 * trainable_weights + 4 * len(trainable)
     return {"weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
@@ -107,11 +102,10 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
                       warmup: int = 5, min_sample_seconds: float = 1e-3) -> dict[str, float]:
     """Median seconds of one forward pass of each model on ``example``, timed in turns.
 
-    Each model runs ``warmup`` passes; then ``repeats`` rounds in which every model runs one sample
-    (round robin, starting with a different model each round; eval mode, under
-    ``torch.inference_mode``). A sample is ``number`` back-to-back passes, with ``number`` chosen once
-    so that a sample of the fastest model lasts at least ``min_sample_seconds`` (a single pass of a
-    tiny model is too short to time reliably on a busy machine). Returns ``{name: median seconds per
+    Each model runs ``warmup`` passes (at least one); then ``repeats`` rounds of `in_turns`, in which every
+    model runs one sample (eval mode, under ``torch.inference_mode``). A sample is ``number`` back-to-back
+    passes, ``number`` chosen once so that a sample of the fastest model lasts at least ``min_sample_seconds``
+    (one pass of a tiny model is too short to time on a busy machine). Returns ``{name: median seconds per
     pass}``. See notebook 05_finetuning_strategies_compared.
     """
     if not isinstance(models, Mapping) or not models:

@@ -28,8 +28,7 @@ class DigitsMLP(nn.Module):
     """``x (batch, 64) -> relu(fc1) -> relu(fc2) -> head -> logits (batch, 10)``.
 
     ``fc1``: 64 → hidden, ``fc2``: hidden → hidden, ``head``: hidden → 10. With ``hidden=256``:
-    16,640 + 65,792 + 2,570 = 85,002 parameters (see `count_parameters`). See notebook
-    05_finetuning_strategies_compared.
+    16,640 + 65,792 + 2,570 = 85,002 parameters. See notebook 05_finetuning_strategies_compared.
     """
 
     linear_stack = ("fc1", "fc2", "head")  # every Linear in forward order, ReLU between (for lora_edu.batched)
@@ -95,10 +94,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, steps, d = x.shape
-        heads = self.n_heads
 
-        def split(t):
-            return t.view(batch, steps, heads, d // heads).transpose(1, 2)
+        def split(t):  # (B, T, d) -> (B, heads, T, d/heads)
+            return t.view(batch, steps, self.n_heads, d // self.n_heads).transpose(1, 2)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -106,10 +104,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """``up_proj (d -> hidden) -> GELU -> down_proj (hidden -> d)``.
+    """``up_proj (d -> hidden) -> GELU -> down_proj (hidden -> d)``, as in GPT-2.
 
-    A plain up/down MLP, as in GPT-2. Llama's MLP has a third projection (``gate_proj``, SwiGLU:
-    ``down(silu(gate(x)) * up(x))``); only the names ``up_proj``/``down_proj`` are shared.
+    Llama's MLP adds ``gate_proj`` (SwiGLU: ``down(silu(gate(x)) * up(x))``); only the names are shared.
     """
 
     def __init__(self, d_model: int, hidden: int):
@@ -175,8 +172,7 @@ class TinyGPT(nn.Module):
         steps = ids.shape[1]
         if steps > self.config.context:
             raise ValueError(f"ids has {steps} steps, more than the model's context ({self.config.context})")
-        positions = torch.arange(steps, device=ids.device)
-        x = self.tok_emb(ids) + self.pos_emb(positions)
+        x = self.tok_emb(ids) + self.pos_emb(torch.arange(steps, device=ids.device))
         for block in self.blocks:
             x = block(x)
         return self.lm_head(self.ln_f(x))
@@ -187,7 +183,8 @@ class TinyGPT(nn.Module):
         """Sample ``new_tokens`` characters after ``prompt_ids``; returns the 1-D ids, prompt included.
 
         ``prompt_ids``: a 1-D int64 tensor of at least one id (one prompt; a batch ``(B, T)`` is
-        rejected). ``temperature=0`` picks the most likely character each step (greedy)."""
+        rejected). ``temperature=0`` picks the most likely character each step (greedy); otherwise each
+        character is drawn from ``softmax(logits / temperature)`` with ``generator``."""
         _validate.instance("prompt_ids", prompt_ids, torch.Tensor, "a 1-D torch.Tensor of ids")
         if prompt_ids.dim() != 1 or len(prompt_ids) == 0:
             raise ValueError(f"prompt_ids must be a non-empty 1-D tensor (one prompt), got shape "

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from . import _validate
 from .data import DIGITS_TASKS, DigitsTask, evaluation_windows, load_corpus, load_digits_task, random_windows
-from .models import DigitsMLP, GPTConfig, TinyGPT
+from .models import DigitsMLP, GPTConfig, TinyGPT, count_parameters
 from .training import evaluate_accuracy, evaluate_loss, train
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -85,7 +85,6 @@ def load_pretrained_gpt(device=None, path: Path | str = GPT_CHECKPOINT) -> TinyG
     Each call returns a new model, so a strategy applied to one does not touch the next.
     See notebook 05_finetuning_strategies_compared.
     """
-    path = Path(path)
     metadata = checkpoint_metadata(path)
     if "config" not in metadata:
         raise ValueError(f"path={str(path)!r} has no 'config' in its metadata: not a lora_edu GPT checkpoint")
@@ -135,19 +134,13 @@ def digits_accuracy(model, task) -> float:
     return evaluate_accuracy(model, task.x_val, task.y_val)
 
 
-def _max_difference(a: dict, b: dict) -> float:
-    if a.keys() != b.keys():
-        return float("inf")
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_edu.pretrain",
                                      description="Pretrain the tiny GPT on Python's documentation topics.")
     parser.add_argument("--steps", type=int, default=GPT_PRETRAINING["steps"])
     parser.add_argument("--seed", type=int, default=GPT_PRETRAINING["seed"])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results are bit-identical "
-                                                               "only at the same count; default 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (results are bit-identical only at the same count; default 1)")
     parser.add_argument("--out", type=Path, default=GPT_CHECKPOINT, help="where to write the checkpoint")
     parser.add_argument("--check", action="store_true",
                         help="train into a temporary file and compare with the checkpoint at --out")
@@ -155,8 +148,7 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be positive")
     torch.set_num_threads(args.threads)
-    prose = load_corpus("prose")
-    print(prose.report())
+    print(load_corpus("prose").report())
     start = time.perf_counter()
     model, result = pretrain_gpt(args.steps, args.seed)
     seconds = time.perf_counter() - start
@@ -164,16 +156,16 @@ def main(argv=None) -> int:
                 "final_train_loss": f"{result.train_losses[-1]:.4f}",
                 "prose_val_loss": f"{result.final('prose val loss'):.4f}",
                 "seconds": f"{seconds:.1f}", "python": sys.version.split()[0], "torch": torch.__version__}
-    target = args.out
-    if args.check:
-        target = Path(tempfile.mkdtemp()) / "tiny_gpt_prose.safetensors"
+    target = Path(tempfile.mkdtemp()) / "tiny_gpt_prose.safetensors" if args.check else args.out
     size = save_gpt_checkpoint(model, target, metadata)
-    print(f"pretrained {model.__class__.__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+    print(f"pretrained {model.__class__.__name__} ({count_parameters(model):,} parameters) "
           f"for {args.steps} steps in {seconds:.1f} s on {args.threads} CPU thread(s)")
     print(f"prose validation loss {result.final('prose val loss'):.4f} nats/char; "
           f"wrote {size:,} bytes to {target}")
     if args.check:
-        difference = _max_difference(load_file(str(target)), load_file(str(args.out)))
+        retrained, shipped = load_file(str(target)), load_file(str(args.out))
+        difference = (max(float((retrained[k].float() - shipped[k].float()).abs().max()) for k in shipped)
+                      if retrained.keys() == shipped.keys() else float("inf"))
         print(f"largest difference from {args.out}: {difference:.3g}")
         return 0 if difference == 0 else 1
     return 0

@@ -1,11 +1,8 @@
 """One training loop for every model and every fine-tuning strategy, with a progress bar.
 
 Explained in notebook 05_finetuning_strategies_compared. The loop trains whatever parameters have
-``requires_grad=True`` (so the strategy decides what learns) with AdamW, and records per step: the
-training loss and the wall time; on CUDA it also records how much the allocated memory rose above
-its level at the start of training (peak minus start: models and data already on the device, such
-as earlier runs, are not counted). At the end it measures the exact bytes of the gradients and of
-Adam's state.
+``requires_grad=True`` (so the strategy decides what learns) with AdamW, and records per step the training
+loss and the wall time (see `TrainingResult` for the memory it measures).
 
 The progress bar (tqdm) is shown in a terminal and in a kernel started by a Jupyter server; it is off
 when ``LORA_EDU_QUIET`` or ``PYTEST_CURRENT_TEST`` is set, and whenever output goes neither to a
@@ -47,13 +44,12 @@ def progress_enabled(progress: bool | None = None) -> bool:
 
 
 def _progress_bar(total: int, description: str, show: bool):
-    if not show:
-        return None
+    """A tqdm bar (Jupyter's in a Jupyter kernel); a disabled one, which prints nothing, unless ``show``."""
     if os.environ.get("JPY_SESSION_NAME"):
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
-    return tqdm(total=total, desc=description, leave=True)
+    return tqdm(total=total, desc=description, leave=True, disable=not show)
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -113,13 +109,11 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 class TrainingResult:
     """What a training run recorded.
 
-    ``train_losses[i]``: the loss of step ``i``; ``step_seconds[i]``: its wall time;
-    ``evaluations``: ``{name: [value at each step of eval_steps]}``; ``trainable_parameters``: how
-    many numbers trained (parameters with ``requires_grad=True`` when training started);
-    ``grad_bytes`` and ``optimizer_bytes``: measured after the last step; ``peak_memory_bytes``: on
-    CUDA, the peak allocated memory during training minus the allocated memory at its start (what
-    this run added on top of everything already on the device: gradients, AdamW state, activations);
-    None on other devices.
+    ``train_losses[i]``: the loss of step ``i``; ``step_seconds[i]``: its wall time; ``evaluations``:
+    ``{name: [value at each step of eval_steps]}``; ``trainable_parameters``: how many numbers trained;
+    ``grad_bytes`` and ``optimizer_bytes``: exact, after the last step; ``peak_memory_bytes``: on CUDA, the
+    peak allocated memory during training minus that at its start (what this run added: gradients, AdamW
+    state, activations), None on other devices.
     """
 
     train_losses: list[float] = field(default_factory=list)
@@ -176,7 +170,6 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
         raise ValueError("model has no trainable parameters (requires_grad=True): apply a strategy first, "
                          "e.g. lora_edu.apply_strategy(model, 'lora')")
     show = progress_enabled(progress)
-
     device = params[0].device
     on_cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -184,8 +177,7 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
     def lr_at(step: int) -> float:
         if step < warmup_steps:
             return lr * (step + 1) / warmup_steps
-        span = max(steps - warmup_steps, 1)
-        progress_fraction = (step - warmup_steps) / span
+        progress_fraction = (step - warmup_steps) / max(steps - warmup_steps, 1)
         return lr * (final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
 
     result = TrainingResult(trainable_parameters=sum(p.numel() for p in params))
@@ -193,12 +185,11 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
     def run_evaluation(step: int) -> None:
         if evaluate is None:
             return
-        values = evaluate(model)
         result.eval_steps.append(step)
-        for name, value in values.items():
+        for name, value in evaluate(model).items():
             result.evaluations.setdefault(name, []).append(float(value))
 
-    memory_at_start = 0
+    memory_at_start = 0  # on CUDA, what was allocated before training: earlier runs are not counted
     if on_cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -219,14 +210,12 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
             torch.cuda.synchronize(device)
         result.step_seconds.append(time.perf_counter() - start)
         result.train_losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{result.train_losses[-1]:.3f}")
+        bar.update(1)
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{result.train_losses[-1]:.3f}")
         if eval_every is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
             run_evaluation(step + 1)
-    if bar is not None:
-        bar.close()
+    bar.close()
     result.grad_bytes = tensor_bytes(p.grad for p in params)
     result.optimizer_bytes = optimizer_state_bytes(optimizer)
     if on_cuda:

@@ -6,7 +6,7 @@ Explained in notebook 00_welcome. Conventions every notebook follows:
   as a fallback beside the widget, so static viewers (GitHub, nbviewer) show it;
 - heavy results are precomputed; ``draw`` only picks from them, so a move answers in well under 1 s;
 - every control, the readout and the figure carry stable CSS classes for the browser tests
-  (``tests/browser``), e.g. ``rank-slider``, ``rank-label``, ``rank-plot``.
+  (``tests/browser``): ``{prefix}-{control}``, ``{prefix}-label``, ``{prefix}-plot`` (e.g. ``rank-slider``).
 """
 from __future__ import annotations
 
@@ -34,9 +34,7 @@ class LiveFigure:
     """Controls, a text readout and a figure that redraws whenever a control moves.
 
     ``draw(**values)`` receives the current value of every control (by the names in ``controls``)
-    and returns ``(figure, readout_html)``. ``css_prefix`` names the CSS classes: each control gets
-    ``{css_prefix}-{name}`` (plus the control's own class if given), the readout
-    ``{css_prefix}-label`` and the figure ``{css_prefix}-plot``.
+    and returns ``(figure, readout_html)``. ``css_prefix`` is the ``{prefix}`` of the CSS classes.
     """
 
     def __init__(self, draw: Callable[..., tuple], controls: Mapping[str, widgets.ValueWidget],
@@ -52,7 +50,7 @@ class LiveFigure:
         self.plot.add_class(f"{css_prefix}-plot")
         for name, control in self.controls.items():
             control.add_class(f"{css_prefix}-{name}")
-            control.observe(self._on_change, names="value")
+            control.observe(lambda _change: self.redraw(), names="value")
         self.box = widgets.VBox([widgets.HBox(list(self.controls.values())), self.label, self.plot])
         self.png = b""
         self.redraw()
@@ -69,9 +67,6 @@ class LiveFigure:
                               "data": {"image/png": base64.b64encode(self.png).decode("ascii"),
                                        "text/plain": "<figure>"}},)
         self.label.value = readout  # after the figure: a readout showing the new value means the figure has been sent
-
-    def _on_change(self, _change) -> None:
-        self.redraw()
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = self.box._repr_mimebundle_(**kwargs)

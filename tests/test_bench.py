@@ -34,10 +34,9 @@ def test_main_parses_arguments(capsys):
     finally:
         torch.set_num_threads(threads)  # main sets the thread count for the whole process
     assert "merged LoRA / base" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        bench.main(["--size", "huge"])
-    with pytest.raises(SystemExit):
-        bench.main(["--threads", "0"])
+    for wrong in (["--size", "huge"], ["--threads", "0"]):
+        with pytest.raises(SystemExit):
+            bench.main(wrong)
 
 
 def test_bad_size_is_rejected():

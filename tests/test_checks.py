@@ -1,9 +1,11 @@
 """The exercise-check core (lora_edu.checks) and the warm-up checks of notebook 00."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
-from lora_edu.checks import CheckResult, check_true, check_value
+from lora_edu.checks import CheckResult, check_true, check_value, exercise
 from lora_edu.exercises import nb00
 
 
@@ -81,10 +83,6 @@ def test_welcome_exercises(check, right, wrongs):
 
 
 def test_exercise_decorator_answers_unanswered_checks_and_hides_its_name_argument():
-    import inspect
-
-    from lora_edu.checks import exercise
-
     @exercise("Exercise 9")
     def check_double(name, answer, x: int) -> CheckResult:
         """Twice ``x``."""

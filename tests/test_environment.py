@@ -15,8 +15,12 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(environment, "_mps_available", lambda: False)
 
 
-def test_default_is_the_best_available(monkeypatch, no_gpu):
-    monkeypatch.delenv("LORA_EDU_DEVICE", raising=False)
+@pytest.mark.parametrize("value", [None, "", "  "])  # unset or empty: automatic
+def test_default_is_the_best_available(monkeypatch, no_gpu, value):
+    if value is None:
+        monkeypatch.delenv("LORA_EDU_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("LORA_EDU_DEVICE", value)
     assert lora_edu.get_device() == torch.device("cpu")
 
 
@@ -33,11 +37,6 @@ def test_preference_order_cuda_then_mps_then_cpu(monkeypatch):
 @pytest.mark.parametrize("value", ["cpu", "CPU", " cpu "])
 def test_env_var_forces_cpu(monkeypatch, value):
     monkeypatch.setenv("LORA_EDU_DEVICE", value)
-    assert lora_edu.get_device() == torch.device("cpu")
-
-
-def test_empty_env_var_means_automatic(monkeypatch, no_gpu):
-    monkeypatch.setenv("LORA_EDU_DEVICE", "")
     assert lora_edu.get_device() == torch.device("cpu")
 
 

@@ -66,8 +66,7 @@ def test_generate_is_greedy_and_deterministic():
 
 
 def test_shipped_checkpoint_is_small_and_learned_the_prose():
-    assert pretrain.GPT_CHECKPOINT.is_file()
-    assert pretrain.GPT_CHECKPOINT.stat().st_size <= 5_000_000
+    assert pretrain.GPT_CHECKPOINT.is_file() and pretrain.GPT_CHECKPOINT.stat().st_size <= 5_000_000
     meta = pretrain.checkpoint_metadata()
     assert int(meta["steps"]) == pretrain.GPT_PRETRAINING["steps"] and "seconds" in meta
     model = pretrain.load_pretrained_gpt()

@@ -19,9 +19,9 @@ def make_live():
         ax.plot([0, 1], [0, rank * scale])
         return fig, f"rank {rank}, scale {scale}"
 
-    live = LiveFigure(draw, {"rank": widgets.IntSlider(value=2, min=1, max=8),
-                                   "scale": widgets.FloatSlider(value=1.0, min=0.5, max=2.0)},
-                      css_prefix="demo")
+    controls = {"rank": widgets.IntSlider(value=2, min=1, max=8),
+                "scale": widgets.FloatSlider(value=1.0, min=0.5, max=2.0)}
+    live = LiveFigure(draw, controls, css_prefix="demo")
     return live, calls
 
 
