@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -52,9 +51,10 @@ def failed(exercise: str, message: str) -> CheckResult:
     return CheckResult(exercise, False, message)
 
 
-def exercise(name: str):
+def exercise(name: str, int_answer: str | None = None):
     """Turn ``check(name, answer, *inputs)`` into the check ``check(answer, *inputs)`` of exercise ``name``:
-    while ``answer`` is ``...`` it says "not answered yet" without looking at the inputs.
+    while ``answer`` is ``...`` it says "not answered yet" without looking at the inputs. With ``int_answer``
+    (what the int counts, e.g. "a rank") an answer that is not an int fails before ``check`` runs.
 
         @exercise("Exercise 1")
         def check_rank(name, answer, matrix): ...
@@ -66,6 +66,8 @@ def exercise(name: str):
         def checked(answer, *inputs, **options) -> CheckResult:
             if answer is NOT_ANSWERED:
                 return not_answered(name)
+            if int_answer and (isinstance(answer, bool) or not isinstance(answer, numbers.Integral)):
+                return failed(name, f"expected an int ({int_answer}), got {type(answer).__name__} {answer!r}.")
             return check(name, answer, *inputs, **options)
 
         checked.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
@@ -73,14 +75,22 @@ def exercise(name: str):
     return decorate
 
 
-def _as_array(value):
-    if hasattr(value, "detach"):  # a torch tensor, on any device
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+def _as_array(value) -> np.ndarray:
+    return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)  # a tensor, any device
 
 
-def _is_numeric(array: np.ndarray) -> bool:
-    return np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+def as_numbers(value) -> np.ndarray | None:
+    """``value`` (a number, a list or array of numbers, a tensor on any device) as a float array; None for
+    anything else: strings, None, booleans and arrays of them are not numbers."""
+    if isinstance(value, (str, bytes, bool, type(None))):
+        return None
+    try:
+        array = _as_array(value)
+    except (TypeError, ValueError, RuntimeError):  # ragged lists, tensors NumPy cannot hold
+        return None
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        return None
+    return array.astype(float)
 
 
 def _fmt(x: float, integral: bool = False) -> str:
@@ -107,14 +117,12 @@ def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float
         return not_answered(exercise)
     label = f"{what} " if what else ""
     for_what = f" for {what}" if what else ""
-    got_arr = _as_array(got) if not isinstance(got, (str, bytes, bool, type(None))) else None
-    if got_arr is None or not _is_numeric(got_arr):  # bool and object arrays are not numeric
+    got_arr = as_numbers(got)
+    if got_arr is None:
         return failed(exercise, f"expected a number or an array of numbers{for_what}, "
                                 f"got {type(got).__name__}: {got!r:.60}")
-    got_arr = got_arr.astype(float)
-    expected_raw = _as_array(expected)
-    integral = np.issubdtype(expected_raw.dtype, np.integer)
-    exp_arr = expected_raw.astype(float)
+    integral = np.issubdtype(_as_array(expected).dtype, np.integer)
+    exp_arr = as_numbers(expected)
     if got_arr.shape != exp_arr.shape:
         return failed(exercise, f"{label}has shape {tuple(got_arr.shape)}, expected {tuple(exp_arr.shape)}.")
     if not np.all(np.isfinite(got_arr)):
@@ -146,15 +154,20 @@ def with_hint(result: CheckResult, hint: str) -> CheckResult:
     return result if result.passed is not False else failed(result.exercise, f"{result.message} Hint: {hint}")
 
 
-def hint_for_mistake(result: CheckResult, answer, mistakes, rtol: float = 1e-6) -> CheckResult:
-    """``result`` with the hint of the first ``(value, hint)`` in ``mistakes`` whose value a wrong numeric
-    ``answer`` reproduces (within ``rtol``, or 1e-12 absolute)."""
-    if result.passed is not False or not is_number(answer):
+def hint_for_mistake(result: CheckResult, answer, mistakes, rtol: float = 1e-6, atol: float = 1e-12,
+                     otherwise: str | None = None) -> CheckResult:
+    """``result`` with the hint of the first mistake a wrong numeric ``answer`` reproduces: ``mistakes`` are
+    ``(value, hint)`` pairs, matched within ``atol + rtol * |value|`` (entry by entry for arrays of the same
+    shape), or ``(value, hint, rtol)`` for a mistake matched more loosely (a value typed in rounded).
+    ``otherwise`` is the hint for a wrong number that reproduces none of them."""
+    got = as_numbers(answer)
+    if result.passed is not False or got is None:
         return result
-    for candidate, hint in mistakes:
-        if math.isclose(float(answer), float(candidate), rel_tol=rtol, abs_tol=1e-12):
+    for value, hint, *loose in mistakes:
+        candidate = as_numbers(value)
+        if got.shape == candidate.shape and np.allclose(got, candidate, rtol=loose[0] if loose else rtol, atol=atol):
             return with_hint(result, hint)
-    return result
+    return with_hint(result, otherwise) if otherwise else result
 
 
 def check_int(exercise: str, answer: int, expected: int, correct: str, too_low: str, too_high: str) -> CheckResult:
