@@ -1,30 +1,20 @@
-"""Checks for the exercises of notebook 01_rank_and_decomposition.
-
-Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
-returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much.
-"""
+"""Checks for the exercises of notebook 01_rank_and_decomposition."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..checks import CheckResult, check_value, exercise, failed, is_number, passed, with_hint
+from ..checks import CheckResult, check_value, exercise, failed, hint_for_mistake, is_number, passed
 from ..linalg import as_matrix, numerical_rank
 
 
 @exercise("Exercise 1")
 def check_stored_numbers(name, answer, d: int, k: int, r: int) -> CheckResult:
-    """Exercise 1: how many numbers store a ``d × k`` matrix of rank ``r`` as ``B`` ``(d, r)`` and ``A`` ``(r, k)``?
-
-    Expected ``r·(d + k)``.
-    """
+    """Exercise 1: how many numbers the factors ``B (d, r)`` and ``A (r, k)`` of a rank-r matrix hold: r·(d + k)."""
     result = check_value(name, answer, r * (d + k), what="stored numbers")
-    if result.passed is not False or not is_number(answer):
-        return result
-    if answer == d * k:
-        return with_hint(result, f"{d}·{k} is the dense matrix; count the entries of B and of A instead.")
-    if answer == r * d * k:
-        return with_hint(result, "B has d·r entries and A has r·k: add them, don't multiply.")
-    return with_hint(result, f"B has {d}×{r} entries and A has {r}×{k}.")
+    return hint_for_mistake(result, answer, [
+        (d * k, f"{d}·{k} is the dense matrix; count the entries of B and of A instead."),
+        (r * d * k, "B has d·r entries and A has r·k: add them, don't multiply."),
+    ], rtol=0, otherwise=f"B has {d}×{r} entries and A has {r}×{k}.")
 
 
 @exercise("Exercise 2")
@@ -47,7 +37,7 @@ def check_matrix_of_rank(name, answer, shape: tuple[int, int], rank: int) -> Che
 @exercise("Exercise 3")
 def check_tolerance(name, answer, noisy, rank: int) -> CheckResult:
     """Exercise 3: a tolerance ``tol`` at which ``numerical_rank(noisy, tol)`` equals ``rank``."""
-    if isinstance(answer, bool) or not isinstance(answer, (int, float, np.integer, np.floating)):
+    if not is_number(answer):
         return failed(name, f"expected a number (the tolerance), got {type(answer).__name__}.")
     sigma = np.linalg.svd(as_matrix(noisy, "noisy"), compute_uv=False)
     low, high = sigma[rank], sigma[rank - 1]

@@ -1,27 +1,15 @@
-"""Checks for the exercises of notebook 03_parameter_savings.
-
-Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
-returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much.
-"""
+"""Checks for the exercises of notebook 03_parameter_savings."""
 from __future__ import annotations
 
-import numbers
-
-from ..checks import CheckResult, check_int, check_value, exercise, failed, hint_for_mistake, is_number, with_hint
+from ..checks import CheckResult, check_int, check_value, exercise, hint_for_mistake, is_number, with_hint
 from ..counting import (TransformerShape, checkpoint_bytes, count_model_params, lora_params,
                         lora_trainable_params, training_memory_bytes)
-
-
-def _with_hint(result: CheckResult, answer, mistakes: dict) -> CheckResult:
-    return hint_for_mistake(result, answer, mistakes.items(), rtol=1e-9)
-
 
 UNITS = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
 def _unit_hint(result: CheckResult, answer, expected: int) -> CheckResult:
-    """An answer that matches ``expected`` once multiplied by a unit (1.99 for 1,991,036,928 B) was given in that
-    unit."""
+    """A wrong answer that matches ``expected`` once multiplied by a unit (1.99 for 1,991,036,928 B) is in that unit."""
     if result.passed is not False or not is_number(answer) or answer <= 0:
         return result
     slips = {unit: abs(answer * factor / expected - 1) for unit, factor in UNITS.items()}
@@ -36,16 +24,16 @@ def _unit_hint(result: CheckResult, answer, expected: int) -> CheckResult:
 def check_lora_params(name, answer, d: int, k: int, r: int) -> CheckResult:
     """Exercise 1: LoRA's trainable parameters for one ``d × k`` matrix at rank ``r``: ``r·(d + k)``."""
     result = check_value(name, answer, lora_params(d, k, r), what="trainable parameters")
-    return _with_hint(result, answer, {d * k: "that is the dense matrix, d·k.",
-                                       r * d * k: "B is d×r and A is r×k: add their sizes.",
-                                       2 * r * max(d, k): "d and k differ here: B is d×r, A is r×k."})
+    return hint_for_mistake(result, answer, [
+        (d * k, "that is the dense matrix, d·k."),
+        (r * d * k, "B is d×r and A is r×k: add their sizes."),
+        (2 * r * max(d, k), "d and k differ here: B is d×r, A is r×k."),
+    ], rtol=1e-9)
 
 
-@exercise("Exercise 2")
+@exercise("Exercise 2", int_answer="a rank")
 def check_break_even(name, answer, d: int, k: int) -> CheckResult:
     """Exercise 2: the largest integer rank at which LoRA still stores fewer numbers: ``r·(d+k) < d·k``."""
-    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
-        return failed(name, f"expected an int (a rank), got {type(answer).__name__} {answer!r}.")
     expected = (d * k - 1) // (d + k)  # the largest r with r·(d+k) < d·k
     return check_int(name, answer, expected,
                      f"correct: r = {expected} stores {expected * (d + k):,} < {d * k:,} numbers.",
@@ -64,9 +52,11 @@ def check_full_finetuning_memory(name, answer, shape: TransformerShape, precisio
     n = count_model_params(shape)
     expected = training_memory_bytes(n, n, precision)["total"]
     result = check_value(name, answer, expected, what="bytes")
-    result = _with_hint(result, answer, {4 * n: "that is the weights only; add gradients and Adam's m and v.",
-                                         8 * n: "weights and gradients; Adam adds two more values per weight.",
-                                         12 * n: "Adam keeps two moments (m and v) per weight."})
+    result = hint_for_mistake(result, answer, [
+        (4 * n, "that is the weights only; add gradients and Adam's m and v."),
+        (8 * n, "weights and gradients; Adam adds two more values per weight."),
+        (12 * n, "Adam keeps two moments (m and v) per weight."),
+    ], rtol=1e-9)
     return _unit_hint(result, answer, expected)
 
 
@@ -80,6 +70,8 @@ def check_adapter_checkpoint(name, answer, shape: TransformerShape, r: int, targ
     n = lora_trainable_params(shape, r, targets)
     expected = checkpoint_bytes(n, dtype)
     result = check_value(name, answer, expected, what="bytes")
-    result = _with_hint(result, answer, {n: "that is the number of parameters; multiply by bytes per value.",
-                                         n * 4: f"that is fp32 (4 B each); {dtype} is the question."})
+    result = hint_for_mistake(result, answer, [
+        (n, "that is the number of parameters; multiply by bytes per value."),
+        (n * 4, f"that is fp32 (4 B each); {dtype} is the question."),
+    ], rtol=1e-9)
     return _unit_hint(result, answer, expected)
