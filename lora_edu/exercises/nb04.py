@@ -1,9 +1,5 @@
-"""Checks for the exercises of notebook 04_lora_from_scratch.
-
-Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
-returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much, with a hint for the
-usual mistakes (α instead of α/r, a transposed matrix, the frozen weights counted as trainable).
-"""
+"""Checks for the exercises of notebook 04_lora_from_scratch, with a hint for the usual mistakes (α instead of α/r,
+a transposed matrix, the frozen weights counted as trainable)."""
 from __future__ import annotations
 
 import copy
@@ -13,48 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import CheckResult, check_value, exercise, failed
+from ..checks import CheckResult, as_numbers, check_value, exercise, failed, hint_for_mistake
 from ..lora import LoraConfig, LoRALinear, add_lora
-
-
-def _as_numpy(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(value, dtype=float)
-
-
-def _close(answer, candidate, rtol=1e-4, atol=1e-6) -> bool:
-    try:
-        got = _as_numpy(answer)
-    except (TypeError, ValueError):
-        return False
-    cand = _as_numpy(candidate)
-    return got.shape == cand.shape and bool(np.allclose(got, cand, rtol=rtol, atol=atol))
-
-
-def _whole_number(answer):
-    """True for a whole number (int, numpy integer, 0-d tensor or array, or a float such as 108.0),
-    False for a number with a fractional part, None for anything else (left to `check_value` to reject:
-    strings, None, booleans, arrays with more than one entry)."""
-    if isinstance(answer, (str, bytes, bool, type(None))):
-        return None
-    try:
-        value = _as_numpy(answer)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    if value.ndim != 0 or not np.isfinite(value):
-        return None
-    return float(value).is_integer()
-
-
-def _with_hints(result: CheckResult, answer, mistakes) -> CheckResult:
-    """Add the hint of the first known mistake that ``answer`` reproduces."""
-    if result.passed is not False:
-        return result
-    for candidate, hint in mistakes:
-        if _close(answer, candidate):
-            return failed(result.exercise, f"{result.message} Hint: {hint}")
-    return result
 
 
 @exercise("Exercise 1")
@@ -63,11 +19,11 @@ def check_scaling(name, answer, alpha: float, r: int, use_rslora: bool = False) 
     expected = alpha / math.sqrt(r) if use_rslora else alpha / r
     result = check_value(name, answer, expected, rtol=1e-6, what="scaling")
     other = alpha / r if use_rslora else alpha / math.sqrt(r)
-    return _with_hints(result, answer, [
+    return hint_for_mistake(result, answer, [
         (alpha, "that is α itself; LoRA multiplies by α divided by a function of the rank."),
         (other, "that is the other rule: α/r is LoRA's, α/√r is rsLoRA's."),
         (r / alpha, "upside down: α is on top."),
-    ])
+    ], rtol=1e-4, atol=1e-6)
 
 
 def _lora_parts(layer: LoRALinear):
@@ -105,13 +61,13 @@ def check_lora_output(name, answer, x: torch.Tensor, layer: LoRALinear) -> Check
     branch = (xd @ a.T) @ b.T
     expected = base + scaling * branch
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-5, what="h")
-    return _with_hints(result, answer, [
+    return hint_for_mistake(result, answer, [
         (base, "that is the frozen layer alone: add the LoRA branch (α/r)·B A x."),
         (base + branch, "the branch is missing its scaling α/r."),
         (base + alpha * branch, "you scaled by α; LoRA scales by α/r."),
         (expected - b0, "the frozen layer's bias is missing."),
         (expected.T, "transposed: each row of x gives one row of h, shape (n, out)."),
-    ])
+    ], rtol=1e-4, atol=1e-6)
 
 
 @exercise("Exercise 3")
@@ -122,13 +78,13 @@ def check_delta_weight(name, answer, layer: LoRALinear) -> CheckResult:
     w0, _, a, b, scaling, alpha = _lora_parts(layer)
     expected = scaling * (b @ a)
     result = check_value(name, answer, expected, rtol=1e-4, atol=1e-6, what="ΔW")
-    return _with_hints(result, answer, [
+    return hint_for_mistake(result, answer, [
         (b @ a, "B A is right, but ΔW also carries the scaling α/r."),
         (alpha * (b @ a), "you scaled by α; LoRA scales by α/r."),
         (expected.T, "transposed: ΔW has W0's shape (out, in), so it is B A, not Aᵀ Bᵀ."),
         (scaling * (a.T @ b.T), "transposed: ΔW has W0's shape (out, in), so it is B A."),
         (w0 + expected, "that is the merged weight W0 + ΔW; ΔW alone is asked."),
-    ])
+    ], rtol=1e-4, atol=1e-6)
 
 
 @exercise("Exercise 4")
@@ -139,15 +95,15 @@ def check_trainable_parameters(name, answer, model: nn.Module, target_modules, r
         adapted = add_lora(copy.deepcopy(model), LoraConfig(target_modules=target_modules, r=r))
     layers = [m for m in adapted.modules() if isinstance(m, LoRALinear)]
     expected = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
-    whole = _whole_number(answer)
-    if whole is False:
+    number = as_numbers(answer)
+    if number is not None and number.ndim == 0 and np.isfinite(number) and not float(number).is_integer():
         return failed(name, f"expected a whole number of parameters, got {type(answer).__name__} {answer!r:.60}.")
     result = check_value(name, answer, expected, what="trainable parameters")
     total = sum(p.numel() for p in model.parameters())
-    return _with_hints(result, answer, [
+    return hint_for_mistake(result, answer, [
         (total, "that counts every parameter; after add_lora only lora_A and lora_B are trainable."),
         (total + expected, "that counts the frozen weights too; only lora_A and lora_B train."),
         (sum(r * l.in_features for l in layers), "that is only the A's (r × in); add the B's (out × r)."),
         (sum(r * l.out_features for l in layers), "that is only the B's (out × r); add the A's (r × in)."),
         (sum(l.in_features * l.out_features for l in layers), "that is the dense ΔW's size, in × out per layer."),
-    ])
+    ], rtol=1e-4, atol=1e-6)
