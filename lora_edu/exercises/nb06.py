@@ -1,18 +1,13 @@
-"""Checks for the exercises of notebook 06_rank_and_alpha_explorer.
-
-Each check takes the learner's ``answer`` (``...`` while unanswered) plus the exercise's inputs and
-returns a `lora_edu.checks.CheckResult` that says what is wrong and by how much, with a hint for the
-usual mistakes (the two scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope
-fitted without logarithms, the theory value or the whole np.polyfit result given as the slope).
-"""
+"""Checks for the exercises of notebook 06_rank_and_alpha_explorer, with a hint for the usual mistakes (the two
+scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope fitted without logarithms, the theory
+value or the whole np.polyfit result given as the slope)."""
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from ..checks import CheckResult, check_int, check_value, exercise, failed, hint_for_mistake, is_number
+from ..checks import CheckResult, as_numbers, check_int, check_value, exercise, failed, hint_for_mistake
 from ..scaling_rules import lora_scaling
 from ..update_analysis import directions_for_energy, loglog_slope
 
@@ -54,24 +49,14 @@ def check_equivalent_lr(name, answer, alpha: float, lr: float, new_alpha: float,
     ])
 
 
-def _is_fit_coefficients(answer) -> bool:
-    """True for a length-2 array of numbers, such as np.polyfit(x, y, 1) itself."""
-    if isinstance(answer, (str, bytes)) or is_number(answer):
-        return False
-    try:
-        values = np.asarray(answer, dtype=float)
-    except (TypeError, ValueError):
-        return False
-    return values.shape == (2,)
-
-
 @exercise("Exercise 3")
 def check_loglog_slope(name, answer, ranks, norms) -> CheckResult:
     """Exercise 3: the slope of ``log(norm)`` against ``log(r)`` (least squares): ``norm ∝ r^slope``."""
     x, y = np.asarray(ranks, dtype=float), np.asarray(norms, dtype=float)
     expected = loglog_slope(x, y)
-    if _is_fit_coefficients(answer):
-        slope = float(np.asarray(answer, dtype=float)[0])
+    coefficients = as_numbers(answer)
+    if coefficients is not None and coefficients.shape == (2,):  # np.polyfit(x, y, 1) itself
+        slope = float(coefficients[0])
         verdict = "its first entry is the slope you want" if math.isclose(slope, expected, rel_tol=1e-4) else \
             "its first entry is the slope"
         return failed(name, f"that is the whole np.polyfit result [slope, intercept] (shape (2,)); {verdict}: "
@@ -89,27 +74,24 @@ def check_loglog_slope(name, answer, ranks, norms) -> CheckResult:
     ], rtol=1e-4)
 
 
-@exercise("Exercise 4")
+@exercise("Exercise 4", int_answer="a number of directions")
 def check_directions_for_energy(name, answer, matrix, fraction: float) -> CheckResult:
     """Exercise 4: how many singular directions of ``matrix`` hold ``fraction`` of ``Σσ²`` (the smallest n)."""
-    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
-        return failed(name, f"expected an int (a number of directions), got {type(answer).__name__} {answer!r}.")
     expected = directions_for_energy(matrix, fraction)
     sigma = np.linalg.svd(np.asarray(matrix, dtype=float), compute_uv=False)
-    plain = np.cumsum(sigma) / sigma.sum()
-    by_sigma = int(np.searchsorted(plain, fraction - 1e-12) + 1)
-    hint = ""
-    if answer == by_sigma:
-        hint = " Hint: energy adds up squared singular values, σ², not σ."
-    elif answer == expected - 1:
-        hint = (" Hint: off by one: count the directions up to and including the first whose cumulative "
-                "share reaches the fraction.")
+    by_sigma = int(np.searchsorted(np.cumsum(sigma) / sigma.sum(), fraction - 1e-12) + 1)  # Σσ instead of Σσ²
     if not 1 <= answer <= sigma.size:
-        return failed(name, f"the count must be between 1 and {sigma.size}, got {answer}.{hint}")
-    kept = float(np.sum(sigma[:answer] ** 2) / np.sum(sigma ** 2))
-    return check_int(name, answer, expected,
-                     f"correct: {expected} of {sigma.size} directions hold {fraction:.0%} of the energy.",
-                     f"{answer} directions hold only {kept:.1%} of the energy, below {fraction:.0%}: "
-                     f"{expected - answer} too few.{hint}",
-                     f"{answer} directions hold {kept:.1%}, but fewer already reach {fraction:.0%}: "
-                     f"{answer - expected} too many.{hint}")
+        result = failed(name, f"the count must be between 1 and {sigma.size}, got {answer}.")
+    else:
+        kept = float(np.sum(sigma[:answer] ** 2) / np.sum(sigma ** 2))
+        result = check_int(name, answer, expected,
+                           f"correct: {expected} of {sigma.size} directions hold {fraction:.0%} of the energy.",
+                           f"{answer} directions hold only {kept:.1%} of the energy, below {fraction:.0%}: "
+                           f"{expected - answer} too few.",
+                           f"{answer} directions hold {kept:.1%}, but fewer already reach {fraction:.0%}: "
+                           f"{answer - expected} too many.")
+    return hint_for_mistake(result, answer, [
+        (by_sigma, "energy adds up squared singular values, σ², not σ."),
+        (expected - 1, "off by one: count the directions up to and including the first whose cumulative share "
+                       "reaches the fraction."),
+    ], rtol=0)
