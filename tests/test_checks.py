@@ -93,3 +93,5 @@ def test_exercise_decorator_answers_unanswered_checks_and_hides_its_name_argumen
     assert str(check_double(..., "not even looked at")) == ("⏳ Exercise 9: not answered yet: replace the ... "
                                                              "with your answer.")
     assert check_double(6, 3).passed and check_double(answer=7, x=3).passed is False
+    counted = exercise("Exercise 8", int_answer="a rank")(lambda name, answer: check_value(name, answer, 2))
+    assert counted(2) and str(counted(2.0)) == "❌ Exercise 8: expected an int (a rank), got float 2.0."

@@ -1,5 +1,7 @@
 """Tests of the exercise checks of notebook 05: right answers pass, wrong ones say what is wrong."""
+import numpy as np
 import pytest
+import torch
 
 from lora_edu import models, strategies
 from lora_edu.exercises import nb05
@@ -13,7 +15,8 @@ def test_unanswered_checks_say_so():
 
 
 def test_exercise_1_lora_parameters_agree_with_a_real_layer():
-    model = strategies.apply_strategy(models.TinyGPT(), "lora", target_modules=["blocks.0.mlp.up_proj"], r=2, lora_alpha=4)
+    model = strategies.apply_strategy(models.TinyGPT(), "lora", target_modules=["blocks.0.mlp.up_proj"], r=2,
+                                      lora_alpha=4)
     right = count_trainable(model).trainable
     assert nb05.check_lora_layer_parameters(right, 256, 64, 2).passed
     wrong = nb05.check_lora_layer_parameters(256 * 64, 256, 64, 2)
@@ -80,9 +83,6 @@ def test_checks_reject_bad_exercise_inputs():
 
 
 def test_exercise_1_accepts_a_zero_dimensional_tensor_and_rejects_non_finite():
-    import numpy as np
-    import torch
-
     assert nb05.check_lora_layer_parameters(torch.tensor(640), 256, 64, 2).passed
     assert nb05.check_lora_layer_parameters(np.int64(640), 256, 64, 2).passed
     assert nb05.check_lora_layer_parameters(torch.tensor(641), 256, 64, 2).passed is False

@@ -30,6 +30,7 @@ def test_nb01_stored_numbers():
     wrong = nb01.check_stored_numbers(96, 12, 8, 3)
     assert not wrong and "off by 36" in wrong.message and "dense matrix" in wrong.message
     assert "add them" in nb01.check_stored_numbers(288, 12, 8, 3).message
+    assert "B has 12×3 entries and A has 3×8" in nb01.check_stored_numbers(61, 12, 8, 3).message
     assert "expected a number" in nb01.check_stored_numbers("sixty", 12, 8, 3).message
 
 
