@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from . import _validate
-from .lora import BASE, _require_adapter, _set_trainable, active_adapter, adapter_names, lora_layers, refuse_if_merged
+from .lora import (BASE, _require_adapter, _set_trainable, active_adapter, adapter_names, lora_layers,
+                   refuse_if_merged, replace_module)
 
 __all__ = ["set_adapter", "delete_adapter", "disable_adapter", "per_example_adapters", "BASE"]
 
@@ -44,8 +45,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
         if adapter_name in layer.lora_A:
             layer.remove_adapter(adapter_name)
             if not layer.lora_A:
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent), child, layer.base)
+                replace_module(model, name, layer.base)
     return model
 
 

@@ -416,20 +416,25 @@ def _set_trainable(model: nn.Module, freeze_the_rest: bool) -> None:
             layer.lora_B[name].requires_grad_(name == layer.active_adapter)
 
 
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule called ``name`` is; returns ``new``."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+    return new
+
+
 def _add_adapter_layers(model: nn.Module, names, config: LoraConfig, adapter_name: str,
                         draw: bool = True) -> dict[str, LoRALinear]:
     """Give every (already checked) layer in ``names`` the adapter; a plain Linear becomes a LoRALinear."""
     active = active_adapter(model) or adapter_name
     added = {}
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent, layer = model.get_submodule(parent_name), model.get_submodule(name)
+        layer = model.get_submodule(name)
         if isinstance(layer, LoRALinear):
             layer.add_adapter(adapter_name, config, draw=draw)
         else:
-            layer = LoRALinear(layer, config, adapter_name, draw=draw)
+            layer = replace_module(model, name, LoRALinear(layer, config, adapter_name, draw=draw))
             layer.active_adapter = active
-            setattr(parent, child, layer)
         added[name] = layer
     _set_trainable(model, freeze_the_rest=True)
     return added

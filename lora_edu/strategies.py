@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate
-from .lora import LoRALinear, LoraConfig, _check_target_modules, add_lora, target_matches
+from .lora import LoRALinear, LoraConfig, _check_target_modules, add_lora, replace_module, target_matches
 
 STRATEGIES = ("full", "dense_delta", "adapters", "lora", "head_only", "bias_only")
 MERGEABLE = ("dense_delta", "lora")
@@ -57,8 +57,7 @@ class DenseDeltaLinear(nn.Module):
     def __init__(self, base: nn.Linear):
         _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
         super().__init__()
-        self.base = base
-        self.base.requires_grad_(False)
+        self.base = base.requires_grad_(False)
         self.delta_weight = nn.Parameter(torch.zeros_like(base.weight))
         self.merged = False
 
@@ -105,8 +104,7 @@ class SerialAdapter(nn.Module):
         _validate.module("sublayer", sublayer)
         super().__init__()
         features = output_features(sublayer)
-        self.sublayer = sublayer
-        self.sublayer.requires_grad_(False)
+        self.sublayer = sublayer.requires_grad_(False)
         device, dtype = next(sublayer.parameters()).device, next(sublayer.parameters()).dtype
         self.down = nn.Linear(features, bottleneck, device=device, dtype=dtype)
         self.up = nn.Linear(bottleneck, features, device=device, dtype=dtype)
@@ -143,11 +141,6 @@ def _resolve_targets(model: nn.Module, targets, default_attribute: str, kind: ty
     if nested:
         raise ValueError(f"target_modules={targets!r} selects modules inside other targets: {', '.join(nested)}")
     return names
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
 
 
 def _check_config(name: str, config: dict) -> dict:
@@ -195,14 +188,14 @@ def apply_strategy(model: nn.Module, name: str, **config) -> nn.Module:
         names = _resolve_targets(model, options["target_modules"], "linear_targets", nn.Linear)
         model.requires_grad_(False)
         for target in names:
-            _replace(model, target, DenseDeltaLinear(model.get_submodule(target)))
+            replace_module(model, target, DenseDeltaLinear(model.get_submodule(target)))
     elif name == "adapters":
         names = _resolve_targets(model, options["target_modules"], "adapter_targets", None)
         for target in names:  # check every output width before changing anything
             output_features(model.get_submodule(target))
         model.requires_grad_(False)
         for target in names:
-            _replace(model, target, SerialAdapter(model.get_submodule(target), int(options["bottleneck"]),
+            replace_module(model, target, SerialAdapter(model.get_submodule(target), int(options["bottleneck"]),
                                                   float(options["init_scale"])))
     elif name == "lora":
         # Resolve here so a typo is reported as target_modules=... (this function's parameter), not as
@@ -258,12 +251,10 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
                             "no change of a weight matrix can reproduce: it stays as extra depth)"
                             if name == "adapters" else " (it adds no modules: the model already is plain)"))
     wrappers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, DenseDeltaLinear))}
-    if not wrappers:
-        raise ValueError("model has already been merged and unloaded")
     for layer_name, layer in wrappers.items():
         if not layer.merged:
             layer.merge()
-        _replace(model, layer_name, layer.base)
+        replace_module(model, layer_name, layer.base)
     model.finetuning_merged = True
     return model
 
