@@ -1,11 +1,21 @@
 """Self-checking exercises: compare a learner's answer with the expected one and say what is wrong.
 
 Every notebook ends with exercises; each exercise's check (in ``lora_edu.exercises``) is built from
-the three functions here. A check returns a `CheckResult` whose text is shown under the cell:
+the functions here. A check returns a `CheckResult` whose text is shown under the cell. A wrong answer
+gets its direction, a coarse size and, where a common slip explains it, a hint; never the expected value,
+the exact offset or the exact relative error:
 
     ✅ Exercise 1: correct (40).
-    ❌ Exercise 1: expected 40, got 42: off by 2 (5.00 % too high).
+    ❌ Exercise 1: too high (within 10 %).
+    ❌ Exercise 3: bytes: too low (off by about a factor of 4). Hint: that is the weights only; add gradients ...
+    ❌ Exercise 3: ΔW: 15 of 15 entries are off; the worst is at index (2, 4): too high (within 10 %).
     ⏳ Exercise 1: not answered yet: replace the ... with your answer.
+
+The value is shown only on request, for the learner who gives up: ``reveal(check, *inputs)`` runs the
+check without an answer and says what the answer is (the notebooks' hidden solutions say how):
+
+    >>> reveal(lora_edu.exercises.nb00.check_dense_count)
+    ⏳ Exercise 1: shown on request: the answer is 100 (numbers stored).
 
 Explained in notebook 00_welcome (how to use the course).
 """
@@ -19,6 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 NOT_ANSWERED = ...  # exercises start as `answer = ...`
+
+
+class _Reveal:
+    def __repr__(self) -> str:
+        return "REVEAL"
+
+
+REVEAL = _Reveal()  # the answer `reveal` passes to a check to ask for the expected value
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ def exercise(name: str, int_answer: str | None = None):
     """Turn ``check(name, answer, *inputs)`` into the check ``check(answer, *inputs)`` of exercise ``name``:
     while ``answer`` is ``...`` it says "not answered yet" without looking at the inputs. With ``int_answer``
     (what the int counts, e.g. "a rank") an answer that is not an int fails before ``check`` runs.
+    ``check`` answers ``answer=REVEAL`` (sent by `reveal`) with `revealed`.
 
         @exercise("Exercise 1")
         def check_rank(name, answer, matrix): ...
@@ -66,7 +85,8 @@ def exercise(name: str, int_answer: str | None = None):
         def checked(answer, *inputs, **options) -> CheckResult:
             if answer is NOT_ANSWERED:
                 return not_answered(name)
-            if int_answer and (isinstance(answer, bool) or not isinstance(answer, numbers.Integral)):
+            not_int = isinstance(answer, bool) or not isinstance(answer, numbers.Integral)
+            if int_answer and not_int and answer is not REVEAL:
                 return failed(name, f"expected an int ({int_answer}), got {type(answer).__name__} {answer!r}.")
             return check(name, answer, *inputs, **options)
 
@@ -97,12 +117,44 @@ def _fmt(x: float, integral: bool = False) -> str:
     return f"{x:,.0f}" if integral or (float(x).is_integer() and abs(x) < 1e15) else f"{x:,.6g}"
 
 
-def _relative(off: float, expected: float) -> str:
+def how_far(got: float, expected: float) -> str:
+    """The direction and a coarse size of a wrong number, never the expected value, the offset or the
+    relative error: "too high (within 1 %)", "too low (off by about a factor of 3)", "wrong sign"."""
+    if got == 0 and expected != 0:
+        return "zero, but it should not be"
+    if got * expected < 0:
+        return "wrong sign"
+    direction = "too high" if got > expected else "too low"
     if expected == 0:
-        return ""
-    rel = abs(off) / abs(expected)
-    shown = f"{rel:.2%}" if rel >= 1e-4 else f"{rel:.1e} relative"
-    return f" ({shown} too {'high' if off > 0 else 'low'})"
+        return direction
+    relative = abs(got - expected) / abs(expected)
+    factor = max(got / expected, expected / got)
+    if relative <= 0.01:
+        return f"{direction} (within 1 %)"
+    if relative <= 0.1:
+        return f"{direction} (within 10 %)"
+    if factor < 1.5:
+        return f"{direction} (off by more than 10 %)"
+    if factor > 1000:
+        return f"{direction} (off by more than a factor of 1000)"
+    return f"{direction} (off by about a factor of {float(f'{factor:.1g}'):g})"
+
+
+def reveal(check, *inputs, **options) -> CheckResult:
+    """The answer of ``check`` for these inputs, for the learner who gives up (a check never shows it otherwise):
+    ``reveal(nb03.check_break_even, d=768, k=3072)``. The notebooks' hidden solutions say how to get it."""
+    return check(REVEAL, *inputs, **options)
+
+
+def revealed(exercise: str, answer: str) -> CheckResult:
+    """What a check returns to `reveal`: its ``answer``, neither passed nor failed."""
+    return CheckResult(exercise, None, f"shown on request: the answer is {answer}.")
+
+
+def _show(array: np.ndarray, integral: bool) -> str:
+    if array.ndim == 0:
+        return _fmt(float(array), integral)
+    return np.array2string(array, precision=4, suppress_small=True)
 
 
 def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float = 0.0,
@@ -110,19 +162,21 @@ def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float
     """Compare numbers or arrays: equal within ``atol + rtol * |expected|``, element by element.
 
     Integer answers (counts, bytes) must match exactly. Strings, None and booleans are not numbers.
-    A wrong scalar is reported with the difference and the relative error; a wrong array with its
-    shape, or with the largest difference and where it is.
+    A wrong scalar is reported with its direction and a coarse size (`how_far`); a wrong array with its
+    shape, or with how many entries are off and where the worst one is. ``got=REVEAL`` shows ``expected``.
     """
     if got is NOT_ANSWERED:
         return not_answered(exercise)
-    label = f"{what} " if what else ""
+    label = f"{what}: " if what else ""
     for_what = f" for {what}" if what else ""
+    integral = np.issubdtype(_as_array(expected).dtype, np.integer)
+    exp_arr = as_numbers(expected)
+    if got is REVEAL:
+        return revealed(exercise, f"{_show(exp_arr, integral)}{f' ({what})' if what else ''}")
     got_arr = as_numbers(got)
     if got_arr is None:
         return failed(exercise, f"expected a number or an array of numbers{for_what}, "
                                 f"got {type(got).__name__}: {got!r:.60}")
-    integral = np.issubdtype(_as_array(expected).dtype, np.integer)
-    exp_arr = as_numbers(expected)
     if got_arr.shape != exp_arr.shape:
         return failed(exercise, f"{label}has shape {tuple(got_arr.shape)}, expected {tuple(exp_arr.shape)}.")
     if not np.all(np.isfinite(got_arr)):
@@ -131,17 +185,13 @@ def check_value(exercise: str, got, expected, *, rtol: float = 1e-6, atol: float
     tolerance = np.zeros_like(exp_arr) if integral else atol + rtol * np.abs(exp_arr)
     if np.all(diff <= tolerance):
         shown = _fmt(float(exp_arr), integral) if exp_arr.ndim == 0 else f"shape {tuple(exp_arr.shape)}"
-        return passed(exercise, f"correct ({label}{shown}).")
+        return passed(exercise, f"correct ({what + ' ' if what else ''}{shown}).")
     if exp_arr.ndim == 0:
-        g, e = float(got_arr), float(exp_arr)
-        off = g - e
-        return failed(exercise, f"{label}expected {_fmt(e, integral)}, got {_fmt(g)}: "
-                                f"off by {_fmt(abs(off))}{_relative(off, e)}.")
+        return failed(exercise, f"{label}{how_far(float(got_arr), float(exp_arr))}.")
     worst = np.unravel_index(int(np.argmax(diff - tolerance)), diff.shape)
     n_bad = int(np.sum(diff > tolerance))
-    return failed(exercise, f"{label}{n_bad} of {diff.size} entries are off; the largest difference is "
-                            f"{_fmt(float(diff[worst]))} at index {tuple(int(i) for i in worst)} "
-                            f"(expected {_fmt(float(exp_arr[worst]))}, got {_fmt(float(got_arr[worst]))}).")
+    return failed(exercise, f"{label}{n_bad} of {diff.size} entries are off; the worst is at index "
+                            f"{tuple(int(i) for i in worst)}: {how_far(got_arr[worst], exp_arr[worst])}.")
 
 
 def is_number(value) -> bool:

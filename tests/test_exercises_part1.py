@@ -28,7 +28,8 @@ def test_unanswered(check, args):
 def test_nb01_stored_numbers():
     assert nb01.check_stored_numbers(60, 12, 8, 3)
     wrong = nb01.check_stored_numbers(96, 12, 8, 3)
-    assert not wrong and "off by 36" in wrong.message and "dense matrix" in wrong.message
+    assert not wrong and "too high" in wrong.message and "dense matrix" in wrong.message
+    assert "60" not in wrong.message and "36" not in wrong.message
     assert "add them" in nb01.check_stored_numbers(288, 12, 8, 3).message
     assert "B has 12×3 entries and A has 3×8" in nb01.check_stored_numbers(61, 12, 8, 3).message
     assert "expected a number" in nb01.check_stored_numbers("sixty", 12, 8, 3).message
@@ -112,7 +113,8 @@ def test_nb03_checks():
     n = 124_439_808
     assert nb03.check_full_finetuning_memory(16 * n, GPT2_SMALL)
     weights_only = nb03.check_full_finetuning_memory(4 * n, GPT2_SMALL)
-    assert not weights_only and "75.00% too low" in weights_only.message and "weights only" in weights_only.message
+    assert not weights_only and "too low (off by about a factor of 4)" in weights_only.message
+    assert "weights only" in weights_only.message
     adapter = 2 * 16 * 8192 * 32
     assert nb03.check_adapter_checkpoint(2 * adapter, LLAMA_7B, 16, ("q", "v"))
     fp32 = nb03.check_adapter_checkpoint(4 * adapter, LLAMA_7B, 16, ("q", "v"))

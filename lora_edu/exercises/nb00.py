@@ -1,7 +1,7 @@
 """Checks for the warm-up exercises of notebook 00_welcome: they show how every exercise in the course works."""
 from __future__ import annotations
 
-from ..checks import CheckResult, check_true, check_value, exercise, failed
+from ..checks import REVEAL, CheckResult, check_true, check_value, exercise, failed, revealed
 from ..environment import DEVICE_ENV_VAR
 
 
@@ -18,6 +18,8 @@ def check_factored_count(answer) -> CheckResult:
 @exercise("Exercise 3")
 def check_device_variable(name, answer) -> CheckResult:
     """Exercise 3: the name of the environment variable that forces a device."""
+    if answer is REVEAL:
+        return revealed(name, repr(DEVICE_ENV_VAR))
     if not isinstance(answer, str):
         return failed(name, f"expected the variable's name as a string, got {type(answer).__name__}")
     return check_true(name, answer.strip() == DEVICE_ENV_VAR,
