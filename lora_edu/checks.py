@@ -228,5 +228,5 @@ def check_int(exercise: str, answer: int, expected: int, correct: str, too_low: 
 
 
 def check_true(exercise: str, condition: bool, failure: str, success: str = "correct.") -> CheckResult:
-    """Pass when ``condition`` holds; otherwise report ``failure`` (say what is wrong and by how much)."""
+    """Pass when ``condition`` holds; otherwise report ``failure`` (what is wrong, its direction and a coarse size)."""
     return passed(exercise, success) if condition else failed(exercise, failure)

@@ -1,7 +1,8 @@
 """The checks behind each notebook's exercises: ``lora_edu.exercises.nb01`` for notebook 01, and so on.
 
 Each check takes the learner's answer (``...`` while unanswered) and returns a
-`lora_edu.checks.CheckResult` that says what is right, or what is wrong and by how much.
+`lora_edu.checks.CheckResult` that says what is right, or what is wrong: its direction, a coarse size and a hint,
+never the expected value. ``lora_edu.checks.reveal(check, *inputs)`` shows the value on request.
 """
 import importlib
 

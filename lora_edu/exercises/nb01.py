@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import CheckResult, check_value, exercise, failed, hint_for_mistake, is_number, passed
+from ..checks import (REVEAL, CheckResult, check_value, exercise, failed, hint_for_mistake, how_far, is_number,
+                      passed, revealed)
 from ..linalg import as_matrix, numerical_rank
 
 
@@ -20,6 +21,10 @@ def check_stored_numbers(name, answer, d: int, k: int, r: int) -> CheckResult:
 @exercise("Exercise 2")
 def check_matrix_of_rank(name, answer, shape: tuple[int, int], rank: int) -> CheckResult:
     """Exercise 2: build a matrix of the given ``shape`` whose (numerical) rank is exactly ``rank``."""
+    if answer is REVEAL:
+        d, k = shape
+        return revealed(name, f"any product of a {d}×{rank} and a {rank}×{k} random matrix, e.g. "
+                              f"rng.normal(size=({d}, {rank})) @ rng.normal(size=({rank}, {k}))")
     try:
         matrix = as_matrix(answer, "answer")
     except (TypeError, ValueError) as exc:
@@ -30,29 +35,31 @@ def check_matrix_of_rank(name, answer, shape: tuple[int, int], rank: int) -> Che
     if got != rank:
         more = "too many: make some columns combinations of others" if got > rank else \
             "too few: the factors need more independent columns"
-        return failed(name, f"the matrix has rank {got}, expected {rank} ({abs(got - rank)} {more}).")
+        return failed(name, f"the matrix has rank {got}, not {rank}: {more}.")
     return passed(name, f"correct: a {shape[0]}×{shape[1]} matrix of rank {rank}.")
 
 
 @exercise("Exercise 3")
 def check_tolerance(name, answer, noisy, rank: int) -> CheckResult:
     """Exercise 3: a tolerance ``tol`` at which ``numerical_rank(noisy, tol)`` equals ``rank``."""
-    if not is_number(answer):
-        return failed(name, f"expected a number (the tolerance), got {type(answer).__name__}.")
     sigma = np.linalg.svd(as_matrix(noisy, "noisy"), compute_uv=False)
     low, high = sigma[rank], sigma[rank - 1]
+    works = f"any tol from σ_{rank + 1} = {low:.3g} up to σ_{rank} = {high:.3g} works"
+    if answer is REVEAL:
+        return revealed(name, works)
+    if not is_number(answer):
+        return failed(name, f"expected a number (the tolerance), got {type(answer).__name__}.")
     if not np.isfinite(answer):
-        return failed(name, f"a tolerance must be a finite number, got {answer}; pick one between "
-                            f"σ_{rank + 1} = {low:.3g} and σ_{rank} = {high:.3g}.")
+        return failed(name, f"a tolerance must be a finite number, got {answer}.")
     if answer < 0:
         return failed(name, f"a tolerance is a size, it must be >= 0; got {answer}.")
     got = int(np.sum(sigma > answer))
     if got == rank:
-        return passed(name, f"correct: with tol = {answer:g} the numerical rank is {rank} "
-                            f"(any tol from σ_{rank + 1} = {low:.3g} up to σ_{rank} = {high:.3g} works).")
+        return passed(name, f"correct: with tol = {answer:g} the numerical rank is {rank} ({works}).")
     side = "too small: noise still counts" if got > rank else "too large: real structure is ignored"
-    return failed(name, f"with tol = {answer:g} the numerical rank is {got}, expected {rank}; tol is {side} "
-                        f"(it must lie between σ_{rank + 1} = {low:.3g} and σ_{rank} = {high:.3g}).")
+    nearest = low if got > rank else high
+    size = f"; it is {how_far(answer, nearest)} next to the nearest tolerance that works" if answer > 0 else ""
+    return failed(name, f"with tol = {answer:g} the numerical rank is {got}, not {rank}: tol is {side}{size}.")
 
 
 @exercise("Exercise 4")
@@ -60,6 +67,11 @@ def check_factors(name, answer, target, r: int, atol: float = 1e-8) -> CheckResu
     """Exercise 4: factors ``(B, A)`` with ``B`` ``(d, r)``, ``A`` ``(r, k)`` and ``B @ A`` equal to ``target``."""
     matrix = as_matrix(target, "target")
     d, k = matrix.shape
+    if answer is REVEAL:
+        u, s, vt = np.linalg.svd(matrix)
+        return revealed(name, f"B = U[:, :{r}] * S[:{r}], A = Vt[:{r}] from U, S, Vt = np.linalg.svd(target):\n"
+                              f"B = {np.array2string(u[:, :r] * s[:r], precision=4)}\n"
+                              f"A = {np.array2string(vt[:r], precision=4)}")
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         return failed(name, "expected a pair (B, A).")
     try:
@@ -68,10 +80,7 @@ def check_factors(name, answer, target, r: int, atol: float = 1e-8) -> CheckResu
         return failed(name, str(exc))
     if b.shape != (d, r) or a.shape != (r, k):
         return failed(name, f"B has shape {b.shape} and A has shape {a.shape}; expected B {(d, r)} and A {(r, k)}.")
-    error = np.abs(b @ a - matrix)
-    if error.max() > atol:
-        worst = np.unravel_index(int(np.argmax(error)), error.shape)
-        relative = np.linalg.norm(b @ a - matrix) / np.linalg.norm(matrix)
-        return failed(name, f"B @ A differs from the matrix by up to {error.max():.3g} (at index "
-                            f"{tuple(int(i) for i in worst)}); relative Frobenius error {relative:.3g}.")
+    result = check_value(name, b @ a, matrix, rtol=0.0, atol=atol, what="B @ A")
+    if not result:
+        return result
     return passed(name, f"correct: B @ A reproduces the {d}×{k} matrix with {r * (d + k)} numbers instead of {d * k}.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import CheckResult, check_int, check_value, exercise, failed, hint_for_mistake
+from ..checks import REVEAL, CheckResult, check_int, check_value, exercise, failed, hint_for_mistake, how_far, revealed
 from ..linalg import _as_singular_values, energy_retained, truncation_error
 
 ROUNDED = "close; compute the value in code instead of typing a rounded number."
@@ -53,12 +53,14 @@ def check_rank_for_error(name, answer, singular_values, max_relative_error: floa
     """Exercise 3: the smallest rank whose relative error ``sqrt(1 − energy(r))`` is at most the target."""
     sigma = _as_singular_values(singular_values)
     expected = smallest_rank_for_error(sigma, max_relative_error)
+    if answer is REVEAL:
+        return revealed(name, f"rank {expected}")
     if not 1 <= answer <= sigma.size:
         return failed(name, f"a rank must be between 1 and {sigma.size}, got {answer}.")
     error = float(np.sqrt(max(1.0 - energy_retained(sigma, int(answer)), 0.0)))
     return check_int(name, answer, expected,
                      f"correct: rank {expected} gives relative error {error:.4f} ≤ {max_relative_error}.",
                      f"rank {answer} gives relative error {error:.4f}, above {max_relative_error}: "
-                     f"too low by {expected - answer}.",
-                     f"rank {answer} works (error {error:.4f}) but is not the smallest: "
-                     f"{answer - expected} lower still meets {max_relative_error}.")
+                     f"{how_far(answer, expected)}.",
+                     f"rank {answer} works (error {error:.4f}) but is not the smallest, a lower one still meets "
+                     f"{max_relative_error}: {how_far(answer, expected)}.")

@@ -1,7 +1,8 @@
 """Checks for the exercises of notebook 03_parameter_savings."""
 from __future__ import annotations
 
-from ..checks import CheckResult, check_int, check_value, exercise, hint_for_mistake, is_number, with_hint
+from ..checks import (REVEAL, CheckResult, check_int, check_value, exercise, failed, hint_for_mistake, how_far,
+                      is_number, revealed, with_hint)
 from ..counting import (TransformerShape, checkpoint_bytes, count_model_params, lora_params,
                         lora_trainable_params, training_memory_bytes)
 
@@ -35,12 +36,16 @@ def check_lora_params(name, answer, d: int, k: int, r: int) -> CheckResult:
 def check_break_even(name, answer, d: int, k: int) -> CheckResult:
     """Exercise 2: the largest integer rank at which LoRA still stores fewer numbers: ``r·(d+k) < d·k``."""
     expected = (d * k - 1) // (d + k)  # the largest r with r·(d+k) < d·k
+    if answer is REVEAL:
+        return revealed(name, f"r = {expected}")
+    if answer < 1:
+        return failed(name, f"a rank is at least 1, got {answer}.")
     return check_int(name, answer, expected,
                      f"correct: r = {expected} stores {expected * (d + k):,} < {d * k:,} numbers.",
-                     f"r = {answer} saves, but so does r = {answer + 1} "
-                     f"({(answer + 1) * (d + k):,} < {d * k:,}): too low by {expected - answer}.",
+                     f"r = {answer} saves ({answer * (d + k):,} < {d * k:,} numbers), but a larger rank saves "
+                     f"too: {how_far(answer, expected)}.",
                      f"at r = {answer} LoRA stores {answer * (d + k):,} numbers, not fewer than the "
-                     f"dense {d * k:,}: too high by {answer - expected}.")
+                     f"dense {d * k:,}: {how_far(answer, expected)}.")
 
 
 @exercise("Exercise 3")

@@ -72,9 +72,9 @@ def check_adapter_parameters(answer, width: int, bottleneck: int, sublayers: int
     d, m = width, bottleneck
     per_adapter = 2 * d * m + m + d
     result = check_value("Exercise 4", answer, sublayers * per_adapter, what="trainable numbers")
-    too_few_adapters = [(count * per_adapter, f"one adapter has the right size ({per_adapter:,}), but you counted "
-                                              f"{count} adapters; there is one after every target sub-layer: "
-                                              f"{sublayers} in all (attention and MLP in each block).")
+    too_few_adapters = [(count * per_adapter, f"one adapter has the right size, but you counted {count} adapters; "
+                                              f"there is one after every target sub-layer: {sublayers} in all "
+                                              f"(attention and MLP in each block).")
                         for count in range(2, sublayers) if sublayers % count == 0]
     return hint_for_mistake(result, answer, too_few_adapters + [
         (sublayers * 2 * d * m, "you left out the biases: down has m, up has d."),

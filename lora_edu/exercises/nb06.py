@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from ..checks import CheckResult, as_numbers, check_int, check_value, exercise, failed, hint_for_mistake
+from ..checks import (REVEAL, CheckResult, as_numbers, check_int, check_value, exercise, failed, hint_for_mistake,
+                      how_far, revealed)
 from ..scaling_rules import lora_scaling
 from ..update_analysis import directions_for_energy, loglog_slope
 
@@ -78,6 +79,8 @@ def check_loglog_slope(name, answer, ranks, norms) -> CheckResult:
 def check_directions_for_energy(name, answer, matrix, fraction: float) -> CheckResult:
     """Exercise 4: how many singular directions of ``matrix`` hold ``fraction`` of ``Σσ²`` (the smallest n)."""
     expected = directions_for_energy(matrix, fraction)
+    if answer is REVEAL:
+        return revealed(name, f"{expected} directions")
     sigma = np.linalg.svd(np.asarray(matrix, dtype=float), compute_uv=False)
     by_sigma = int(np.searchsorted(np.cumsum(sigma) / sigma.sum(), fraction - 1e-12) + 1)  # Σσ instead of Σσ²
     if not 1 <= answer <= sigma.size:
@@ -87,11 +90,11 @@ def check_directions_for_energy(name, answer, matrix, fraction: float) -> CheckR
         result = check_int(name, answer, expected,
                            f"correct: {expected} of {sigma.size} directions hold {fraction:.0%} of the energy.",
                            f"{answer} directions hold only {kept:.1%} of the energy, below {fraction:.0%}: "
-                           f"{expected - answer} too few.",
+                           f"{how_far(answer, expected)}.",
                            f"{answer} directions hold {kept:.1%}, but fewer already reach {fraction:.0%}: "
-                           f"{answer - expected} too many.")
+                           f"{how_far(answer, expected)}.")
     return hint_for_mistake(result, answer, [
         (by_sigma, "energy adds up squared singular values, σ², not σ."),
-        (expected - 1, "off by one: count the directions up to and including the first whose cumulative share "
-                       "reaches the fraction."),
+        (expected - 1, "np.argmax gives a 0-based index: count the directions up to and including the first "
+                       "whose cumulative share reaches the fraction."),
     ], rtol=0)
