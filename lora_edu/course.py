@@ -19,7 +19,8 @@ COURSE_MAP: list[tuple[str, str, str]] = [  # (file stem, title, what the learne
      "full fine-tuning, dense ΔW, adapters, LoRA and head-only, measured on the same models"),
     ("06_rank_and_alpha_explorer", "Rank and α explorer",
      "sliders for rank, α and learning rate; rsLoRA; the intrinsic rank of a full fine-tuning update"),
-    ("07_many_tasks_one_model", "Many tasks, one model", "several task adapters on one base; swapping; storage"),
+    ("07_many_tasks_one_model", "Many tasks, one model",
+     "task adapters on one base; storage; each swap route timed next to its bound; mixed batches; combining"),
     ("08_lora_with_peft", "LoRA with PEFT", "the same in PEFT, identical numbers; save/load; merge_and_unload"),
     ("09_what_lora_learns", "What LoRA learns", "the LoRA paper's analyses at toy scale"),
     ("10_lora_variants", "LoRA variants", "rsLoRA, LoRA+, DoRA, PiSSA, QLoRA; a memory estimator"),
@@ -27,7 +28,7 @@ COURSE_MAP: list[tuple[str, str, str]] = [  # (file stem, title, what the learne
 ]
 
 
-FIRST_COMING = "07_many_tasks_one_model"  # from here on, the notebooks are still to be written
+FIRST_COMING = "08_lora_with_peft"  # from here on, the notebooks are still to be written
 
 
 def course_status() -> list[tuple[str, str, str, bool]]:

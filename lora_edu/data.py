@@ -14,6 +14,7 @@ Explained in notebook 05_finetuning_strategies_compared.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,7 +109,7 @@ PYTHON_SOURCE_MODULES = (
     "numbers", "operator", "pprint", "queue", "random", "sched", "shlex", "string", "textwrap",
 )
 VAL_FRACTION = 0.1
-CORPORA = ("prose", "python")
+CORPORA = ("prose", "python", "reference")
 
 
 def encode(text: str) -> torch.Tensor:
@@ -192,18 +193,38 @@ def prose_documents() -> dict[str, str]:
     return {name: topics[name] for name in sorted(topics)}
 
 
+def reference_documents(modules=PYTHON_SOURCE_MODULES) -> tuple[dict[str, str], list[str]]:
+    """Each module's reference page as ``help(module)`` prints it (``pydoc``'s plain-text renderer): names,
+    signatures and docstrings. The FILE section (a path on this machine) and the MODULE REFERENCE boilerplate
+    are left out. Returns ``({"json.decoder": page, ...}, skipped)``. See notebook 07_many_tasks_one_model."""
+    import pydoc
+
+    documents, skipped = {}, []
+    for module_name in modules:
+        try:
+            page = pydoc.render_doc(importlib.import_module(module_name), renderer=pydoc.plaintext)
+        except ImportError:
+            skipped.append(module_name)
+            continue
+        sections = re.split(r"\n(?=[A-Z][A-Z ]+\n)", page)  # pydoc's headings stand alone in capitals
+        documents[module_name] = "\n".join(s for s in sections if not s.startswith(("FILE\n", "MODULE REFERENCE")))
+    return documents, skipped
+
+
 _CORPUS_CACHE: dict[str, TextCorpus] = {}
 
 
 def load_corpus(name: str) -> TextCorpus:
-    """Read, encode and split one corpus: ``"prose"`` (documentation topics) or ``"python"`` (stdlib source).
+    """Read, encode and split one corpus: ``"prose"`` (documentation topics), ``"python"`` (stdlib source) or
+    ``"reference"`` (the same modules' ``help()`` pages, notebook 07).
 
     Read once per process and cached. Call ``.report()`` to see what was read.
     See notebook 05_finetuning_strategies_compared.
     """
     _validate.choice("name", name, CORPORA)
     if name not in _CORPUS_CACHE:
-        documents, skipped = (prose_documents(), []) if name == "prose" else python_source_documents()
+        documents, skipped = {"prose": lambda: (prose_documents(), []), "python": python_source_documents,
+                              "reference": reference_documents}[name]()
         if not documents:  # only the python corpus can come out empty: every module file missing
             raise RuntimeError(f"none of the standard-library modules {PYTHON_SOURCE_MODULES} has a "
                                "readable .py file in this Python")

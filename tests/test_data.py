@@ -94,3 +94,13 @@ def test_evaluation_windows_are_deterministic():
         data.evaluation_windows(ids, 32, max_windows=0)
     with pytest.raises(ValueError, match="too short"):
         data.evaluation_windows(ids[:20], 32)
+
+
+def test_reference_corpus_is_the_modules_help_pages_without_local_paths():
+    pages, skipped = data.reference_documents(["heapq", "no_such_module_anywhere"])
+    assert skipped == ["no_such_module_anywhere"] and list(pages) == ["heapq"]
+    page = pages["heapq"]
+    assert "NAME" in page and "heappush" in page
+    assert "\nFILE\n" not in page and "MODULE REFERENCE" not in page   # a path on this machine, a URL boilerplate
+    corpus = data.load_corpus("reference")
+    assert corpus.name == "reference" and len(corpus.documents) >= 20 and corpus.unknown_fraction < 0.01
