@@ -61,28 +61,25 @@ def test_adapter_storage():
     assert not one and "one adapter" in one.message
 
 
-def measured(merge, gathered):
-    table = {}
-    for d, (m, g) in zip((1, 2, 4, 8), zip(merge, gathered)):
-        table[nb07.MERGE_WAY, 64, d], table[nb07.GATHERED_WAY, 64, d] = m, g
-    table["one adapter, unmerged", 64] = 100.0
-    return table
+def measured():
+    return {(nb07.MERGE_WAY, 64, 32): 150.0, (nb07.GATHERED_WAY, 64, 32): 1800.0, (nb07.REUSED_WAY, 64, 32): 3600.0,
+            (nb07.LOOP_WAY, 64, 32): 700.0, ("one adapter, unmerged", 64): 4000.0}
 
 
-def test_merge_crossover_reads_the_measurements():
-    table = measured(merge=[90, 80, 40, 20], gathered=[70, 70, 70, 70])
-    assert nb07.check_merge_crossover(4, table, batch=64)
-    low, high = nb07.check_merge_crossover(2, table, batch=64), nb07.check_merge_crossover(8, table, batch=64)
-    assert not low and "too low" in low.message and not high and "too high" in high.message
-    assert not nb07.check_merge_crossover(3, table, batch=64)      # not one of the measured counts
-    never = measured(merge=[90, 90, 90, 90], gathered=[70, 70, 70, 70])
-    assert nb07.check_merge_crossover(None, never, batch=64)
-    assert nb07.check_merge_crossover(NOT_ANSWERED, table, batch=64).passed is None
+def test_speedup_reads_the_measurements():
+    table = measured()
+    assert nb07.check_speedup(12.0, table, 64, 32) and nb07.check_speedup(12.1, table, 64, 32)
+    upside_down = nb07.check_speedup(150 / 1800, table, 64, 32)
+    assert not upside_down and "upside down" in upside_down.message
+    reused = nb07.check_speedup(24.0, table, 64, 32)
+    assert not reused and "set-up reused" in reused.message
+    assert nb07.check_speedup(NOT_ANSWERED, table, 64, 32).passed is None
 
 
 @pytest.mark.parametrize("check, right, inputs", [
     (nb07.check_merge_bound, 2 * 2 * 8192 * 8192 * 4 / 2.5e10, (8192, 2.5e10)),
     (nb07.check_adapter_storage, 50 * 32 * 2 * 16 * (4096 + 4096) * 2, (50, 16)),
+    (nb07.check_speedup, 12.0, (measured(), 64, 32)),
 ])
 @pytest.mark.parametrize("factor", [0.0, -1.0, 0.5, 1.5, 3.0, 10.0])
 def test_wrong_answers_do_not_reveal_the_expected_value(check, right, inputs, factor):
@@ -96,6 +93,6 @@ def test_wrong_answers_do_not_reveal_the_expected_value(check, right, inputs, fa
 
 def test_reveal_shows_each_answer_on_request():
     assert "torch.stack" in reveal(nb07.check_mixed_forward).message
-    assert "is 4." in reveal(nb07.check_merge_crossover, measured([90, 80, 40, 20], [70] * 4), batch=64).message
+    assert "12" in reveal(nb07.check_speedup, measured(), 64, 32).message
     assert f"{50 * 32 * 2 * 16 * 8192 * 2:,}" in reveal(nb07.check_adapter_storage, 50, 16).message
     assert reveal(nb07.check_merge_bound, 8192, 2.5e10).passed is None
