@@ -8,21 +8,8 @@ import pytest
 import torch
 
 from lora_edu import batched, scaling_rules
-from lora_edu.data import load_digits_task
 from lora_edu.lora import LoraConfig, add_lora, lora_layers
-from lora_edu.models import DigitsMLP
 from lora_edu.training import train
-
-@pytest.fixture(scope="module")
-def task():
-    return load_digits_task("rotated")
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.manual_seed(0)
-    return DigitsMLP(hidden=32).eval()
-
 
 def layers_of(model):
     return batched.frozen_linear_stack(model, ("fc1", "fc2"))

@@ -7,19 +7,6 @@ import pytest
 import torch
 
 from lora_edu import update_analysis
-from lora_edu.data import load_digits_task
-from lora_edu.models import DigitsMLP
-
-@pytest.fixture(scope="module")
-def task():
-    return load_digits_task("rotated")
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.manual_seed(0)
-    return DigitsMLP(hidden=32).eval()
-
 
 def test_planted_problem_has_the_planted_rank():
     problems = [update_analysis.planted_rank_problem(k, d=16, seed=2) for k in (1, 3, 5)]
