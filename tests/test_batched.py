@@ -11,6 +11,7 @@ from lora_edu import batched, scaling_rules
 from lora_edu.lora import LoraConfig, add_lora, lora_layers
 from lora_edu.training import train
 
+
 def layers_of(model):
     return batched.frozen_linear_stack(model, ("fc1", "fc2"))
 

@@ -8,6 +8,7 @@ import torch
 
 from lora_edu import update_analysis
 
+
 def test_planted_problem_has_the_planted_rank():
     problems = [update_analysis.planted_rank_problem(k, d=16, seed=2) for k in (1, 3, 5)]
     for k, problem in zip((1, 3, 5), problems):
