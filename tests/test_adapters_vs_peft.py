@@ -34,6 +34,7 @@ REPORT = Path(__file__).resolve().parents[1] / ".test-reports" / "adapters_vs_pe
 MEASURED: dict[str, float] = {}
 
 UNMERGED_TOL = 1e-6
+MIXED_TOL = 1e-5  # relative to the output's size: see test_mixed_batch_equals_peft
 MERGED_TOL = 1e-5
 
 
@@ -336,12 +337,13 @@ def test_mixed_batch_equals_peft(setup, kind):
             y_ours = ours(x)
         y_theirs = theirs(x, adapter_names=names)
         assert y_ours.shape == y_theirs.shape
-        # One gathered bmm per layer may sum in another order than PEFT's per-adapter F.linear (ranks are
-        # padded to the largest): within 1e-6, not always bit-equal.
+        # One gathered bmm per layer sums in another order than PEFT's per-adapter F.linear (ranks are padded
+        # to the largest, and which kernel runs depends on the CPU): equal up to float32 rounding, not bit-equal.
+        # Through the GPT's three blocks that rounding reached 2.1e-6 of the logits' size on an AVX512 CPU.
         diff = max_diff(y_ours, y_theirs)
         record(f"{setup}: mixed batch", diff)
         record(f"{setup}: mixed batch (relative)", diff / max(1.0, y_theirs.abs().max().item()))
-        assert diff <= UNMERGED_TOL
+        assert diff <= tol(MIXED_TOL, y_theirs)
         y_plain = plain(x)
         for i, name in enumerate(names):
             if name == BASE:
