@@ -5,8 +5,10 @@ Every check_* of lora_edu.exercises.nb00 ... nb06 gets the inputs its notebook g
 the notebook computes them: the photo's singular values, the measured norms and updates) and several wrong answers:
 0, -right, 1.5·right, right/2, 10·right, right + 1 for ints; for arrays also a transposed and a perturbed one.
 """
+import inspect
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,11 +175,33 @@ def as_float_array(answer):
     return np.asarray(answer.detach() if hasattr(answer, "detach") else answer, dtype=float)
 
 
+def exercise_checks(build_it: bool) -> set[str]:
+    """The check_* functions of notebooks 00-06: build-it checks (their first parameter is the learner's
+    ``function``) or the checks of a value."""
+    found = set()
+    for module in MODULES:
+        for name in dir(module):
+            check = getattr(module, name)
+            if name.startswith("check_") and check.__module__ == module.__name__:
+                first = next(iter(inspect.signature(check).parameters), None)
+                if (first == "function") == build_it:
+                    found.add(f"{module.__name__}.{name}")
+    return found
+
+
 def test_every_exercise_check_is_covered():
-    listed = {f"{m.__name__}.{n}" for m in MODULES for n in dir(m)
-              if n.startswith("check_") and getattr(m, n).__module__ == m.__name__}
     covered = {f"{c.check.__module__}.{c.check.__name__}" for c in CASES}
-    assert listed == covered
+    assert exercise_checks(build_it=False) == covered
+
+
+def test_every_build_it_check_has_its_own_tests():
+    """A build-it check runs the learner's function, so wrong answers are wrong functions: each notebook's
+    tests/test_exercises_nbXX.py feeds it its solution and the usual mistakes, and asserts the diagnoses."""
+    tests = Path(__file__).parent
+    for qualified in sorted(exercise_checks(build_it=True)):
+        module, name = qualified.rsplit(".", 1)
+        test_file = tests / f"test_exercises_{module.rsplit('.', 1)[1]}.py"
+        assert test_file.exists() and name in test_file.read_text(), f"{qualified} has no tests in {test_file.name}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.check.__module__[-4:]}.{c.check.__name__}")
