@@ -91,6 +91,9 @@ def cases():
     rng = np.random.default_rng(3)
     update = rng.normal(size=(128, 64)) * np.exp(-np.arange(64) / 6)        # a full update with a decaying spectrum
     n_gpt2 = counting.count_model_params(counting.GPT2_SMALL)
+    b_1, a_1, _ = linalg.fit_lora_factors(m, 1, steps=800, lr=0.01, batch=32, seed=0)     # notebook 01, Exercise 5
+    fit_error = linalg.relative_error(b_1 @ a_1, m)
+    rank_for_2_percent = nb02.smallest_rank_for_error(sigma_photo, 0.02)                    # notebook 02, Exercise 3
     return [
         Case(nb00.check_dense_count, (), 100),
         Case(nb00.check_factored_count, (), 40),
@@ -103,6 +106,10 @@ def cases():
              [low, high], kwargs=dict(rank=2)),
         Case(nb01.check_factors, (m,), (b, a), [(1.5 * b, a), (b, 0 * a), (u[:, :2], vt[:2]), (a.T, b.T),
                                                 (b + 0.01, a), (b, -a)], [b, a, m], kwargs=dict(r=2)),
+        Case(nb01.check_fit_prediction, (fit_error,), fit_error),
+        Case(nb02.check_rank_prediction, (rank_for_2_percent,), rank_for_2_percent,
+             [0, -rank_for_2_percent, rank_for_2_percent * 3 // 2, rank_for_2_percent // 2, rank_for_2_percent * 10,
+              rank_for_2_percent // 3, rank_for_2_percent * 2]),
         Case(nb02.check_energy, (sigma_photo,), float(np.sum(sigma_photo[:10] ** 2) / np.sum(sigma_photo ** 2)),
              kwargs=dict(r=10)),
         Case(nb02.check_truncation_error, (sigma_photo,), float(np.sqrt(np.sum(sigma_photo[50:] ** 2))),
