@@ -93,7 +93,7 @@ def check_fit_prediction(name, answer, measured: float) -> CheckResult:
     ``‖B A − M‖_F / ‖M‖_F`` of notebook 01's gradient-descent loop run with ``r = 1`` on the rank-2 ``M``, next
     to the ``measured`` one. Within 10 % passes; otherwise the direction and a coarse size, never the value."""
     if answer is REVEAL:
-        return revealed(name, f"{measured:.3f} (the measured final relative error)")
+        return revealed(name, f"{measured:.6g} (the measured final relative error)")
     if not is_number(answer) or not np.isfinite(answer):
         return failed(name, f"expected a finite number (your predicted relative error), got {answer!r:.40}.")
     if answer < 0:
