@@ -90,6 +90,8 @@ def reject_zero(matrix, r):
     (lambda m, r: solution(m, r) if m.shape[0] >= m.shape[1] else solution(m, r).T.copy().T * 0, "case 2 ",
      "not the best rank-1 approximation"),
     (lambda m, r: "matrix", "case 1 ", "expected an array"),
+    (lambda m, r: sum(s * np.outer(u, v) for u, s, v in zip(np.linalg.svd(m)[0].T[:r], np.linalg.svd(m)[1][:r],
+                                                             np.linalg.svd(m)[2][:r])), "case 4 ", "an empty sum"),
     (lambda m, r: 1 / 0, "case 1 ", "ZeroDivisionError"),
 ])
 def test_truncate_mistakes_name_the_case_and_the_slip(wrong, case, diagnosis):

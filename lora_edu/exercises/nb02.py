@@ -172,8 +172,9 @@ def check_truncate(function) -> CheckResult:
         if array is None:
             return failed(name, f"case {number} ({description}): expected an array, got {type(got).__name__}.")
         if array.shape != matrix.shape:
+            empty_sum = " (with r = 0 an empty sum is the number 0: return a zero matrix)" if r == 0 else ""
             return failed(name, f"case {number} ({description}): it returns shape {array.shape}; the approximation "
-                                f"has the matrix's shape {matrix.shape}.")
+                                f"has the matrix's shape {matrix.shape}{empty_sum}.")
         if not np.allclose(array, expected, rtol=0, atol=1e-8 * np.linalg.norm(matrix)):
             detail = _truncation_slip(array, matrix, r) if np.all(np.isfinite(array)) else "it contains NaN or infinity"
             if not detail and np.linalg.matrix_rank(array) > r:
