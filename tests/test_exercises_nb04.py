@@ -68,6 +68,8 @@ def biased(x, layer):
     (lambda x, layer: lora_forward(x, layer).T, "shape"),
     (biased, "no bias: base.bias is None"),
     (lambda x, layer: lora_forward(x, layer).reshape(-1, layer.out_features), "case 4"),
+    (lambda x, layer: layer.base(x) + layer.scaling["default"] * x @ layer.lora_A["default"] @ layer.lora_B["default"],
+     "multiply by their transposes"),
 ])
 def test_lora_forward_mistakes_are_diagnosed(wrong, diagnosis):
     result = nb04.check_lora_forward(wrong)
@@ -148,6 +150,11 @@ def unmerge_adding(layer):
     layer.merged_adapters.remove("default")
 
 
+def merge_with_autograd(layer):
+    layer.base.weight += layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+    layer.merged_adapters.append("default")
+
+
 def merge_touching_b(layer):
     merge(layer)
     with torch.no_grad():
@@ -163,6 +170,7 @@ def merge_touching_b(layer):
     (merge, unmerge_adding, "added ΔW a second time"),
     (merge_touching_b, unmerge, "changed lora_A or lora_B"),
     (lambda layer: 1 / 0, unmerge, "ZeroDivisionError"),
+    (merge_with_autograd, unmerge, "with torch.no_grad()"),
 ])
 def test_merge_mistakes_are_diagnosed(merge_way, unmerge_way, diagnosis):
     result = nb04.check_merge(merge_way, unmerge_way)

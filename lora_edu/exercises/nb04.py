@@ -109,7 +109,9 @@ def check_lora_forward(function) -> CheckResult:
             return failed(name, f"{case}: your function {forbidden}, which the task forbids: compute h from "
                                 "the weights and factors by hand.")
         if error is not None:
-            return failed(name, f"{case} raised {type(error).__name__}: {error}")
+            hint = (" Hint: A is (r, d_in) and B is (d_out, r), like nn.Linear weights: multiply by their "
+                    "transposes, x @ A.T, then @ B.T." if "cannot be multiplied" in str(error) else "")
+            return failed(name, f"{case} raised {type(error).__name__}: {error}{hint}")
         if not isinstance(got, torch.Tensor):
             return failed(name, f"{case}: expected a torch.Tensor, got {type(got).__name__}.")
         if tuple(got.shape) != tuple(expected.shape):
@@ -192,7 +194,10 @@ def check_merge(function, unmerge) -> CheckResult:
                 return failed(name, f"{case}: your {step} {forbidden}, which the task forbids: compute ΔW "
                                     "from lora_A, lora_B and scaling and change base.weight yourself.")
             if error is not None:
-                return failed(name, f"{case}: your {step} raised {type(error).__name__}: {error}")
+                grad = any(w in str(error) for w in ("non-leaf", "requires grad", "requires_grad"))
+                hint = (" Hint: change the frozen weight in place, without autograd: with torch.no_grad(): "
+                        "layer.base.weight += ..." if grad else "")
+                return failed(name, f"{case}: your {step} raised {type(error).__name__}: {error}{hint}")
             if layer.base.weight.requires_grad:
                 return failed(name, f"{case}: after your {step}, base.weight requires a gradient: keep W0 frozen "
                                     "(change it in place under torch.no_grad()).")
