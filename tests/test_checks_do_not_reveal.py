@@ -58,12 +58,18 @@ def nb01_inputs():
     return m, m + 0.05 * np.random.randn(10, 10)
 
 
-def nb04_layer():
-    lora_edu.seed_everything(5)
-    layer = lora_edu.LoRALinear(nn.Linear(5, 3), lora_edu.LoraConfig(r=2, lora_alpha=6))
-    with torch.no_grad():
-        layer.lora_B["default"].normal_()
-    return layer, torch.randn(4, 5)
+def nb03_model():
+    """Notebook 03's measured model: three linear layers."""
+    lora_edu.seed_everything(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def nb04_experiment():
+    """A freshly wrapped model and its data, like notebook 04's experiment (B = 0 at the start)."""
+    lora_edu.seed_everything(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = lora_edu.add_lora(model, lora_edu.LoraConfig(target_modules=["0", "2"], r=2, lora_alpha=4))
+    return model, torch.randn(32, 6), torch.randn(32, 3)
 
 
 def nb04_model():
@@ -82,10 +88,8 @@ def cases():
     sigma_noisy = np.linalg.svd(noisy, compute_uv=False)
     low, high = float(sigma_noisy[2]), float(sigma_noisy[1])
     sigma_photo = np.linalg.svd(linalg.load_sample_photo(), compute_uv=False)
-    layer, x = nb04_layer()
-    lora_a, lora_b = layer.lora_A["default"].detach(), layer.lora_B["default"].detach()
-    delta = (layer.scaling["default"] * lora_b @ lora_a).numpy()
-    output = (layer.base(x) + layer.scaling["default"] * (x @ lora_a.T) @ lora_b.T).detach().numpy()
+    experiment = nb04_experiment()
+    first, second = 8 * 2 + 3 * 2, 2 * 6 + 2 * 8 + 8 * 2 + 3 * 2       # B's entries; then A's and B's
     digits = models.DigitsMLP()
     total = sum(p.numel() for p in digits.parameters())
     rng = np.random.default_rng(3)
@@ -121,11 +125,14 @@ def cases():
         Case(nb03.check_full_finetuning_memory, (counting.GPT2_SMALL,), 16 * n_gpt2, kwargs=dict(precision="fp32")),
         Case(nb03.check_adapter_checkpoint, (counting.LLAMA_7B,), 32 * 2 * 16 * (4096 + 4096) * 2,
              kwargs=dict(r=16, targets=("q", "v"), dtype="bf16")),
+        Case(nb03.check_optimizer_state, (nb03_model(), ["0", "4"]), 8 * (4 * (256 + 512) + 4 * (512 + 10)) + 4 * 4,
+             kwargs=dict(r=4)),
         Case(nb04.check_scaling, (), 2.0, kwargs=dict(alpha=16, r=8)),
-        Case(nb04.check_lora_output, (x, layer), output),
-        Case(nb04.check_delta_weight, (layer,), delta),
         Case(nb04.check_trainable_parameters, (nb04_model(), ["fc1", "fc2"]), 8 * (64 + 128) + 8 * (128 + 10),
              kwargs=dict(r=8)),
+        Case(nb04.check_gradient_counts, experiment, (first, second),
+             [(second, second), (first, first), (0, 0), (second, first), (first + 1, second), (first, 2 * second)],
+             [first, second], kwargs=dict(lr=1e-2)),
         Case(nb05.check_lora_layer_parameters, (), 640, kwargs=dict(d_out=256, d_in=64, r=2)),
         Case(nb05.check_training_bytes, (), 16 * total,
              kwargs=dict(trainable=total, trainable_tensors=len(list(digits.parameters())))),
