@@ -1,67 +1,73 @@
-"""Helpers for build-it exercises (the learner writes a function, the check runs it).
+"""Helpers for the build-it exercises: the learner writes a function, the check runs it on cases of its own.
 
-Forbidden shortcuts: while a learner's function runs, the package functions the task
-forbids (``counting.lora_params`` in notebook 03, ``layer(x)`` or ``merge_lora`` in notebook 04) raise
-`ForbiddenCall` instead of answering, so a solution that calls them fails with a message saying so."""
+A build-it exercise asks for something the course already has (a numerical rank, a truncated SVD, a savings
+calculator, LoRA's forward pass, merge and unmerge); calling the ready-made one would pass every case without
+teaching anything. The check runs the learner's function under ``sys.setprofile`` and notes every forbidden
+function it called, however it was imported (``from lora_edu.counting import lora_params``, ``layer(x)``), without
+changing any module. Used by ``lora_edu.exercises.nb01`` ... ``nb04``.
+"""
 from __future__ import annotations
 
-import contextlib
+import inspect
+import sys
+
+__all__ = ["run_watched", "run_forbidding", "loaded", "is_stub"]
 
 
-class ForbiddenCall(Exception):
-    """Raised inside the learner's function when it calls something the exercise forbids."""
+def _code_of(function):
+    """The code object a Python function (or a NumPy dispatcher around one) runs; None for a builtin."""
+    function = getattr(function, "_implementation", function)  # numpy's array-function dispatchers
+    function = getattr(function, "__func__", function)          # bound methods
+    function = inspect.unwrap(function)                         # decorators (torch.no_grad share one wrapper)
+    return getattr(function, "__code__", None)
 
 
-@contextlib.contextmanager
-def forbidding(function, shortcuts):
-    """While the ``with`` block runs, every ``(owner, attribute, what)`` in ``shortcuts`` (a module, class or object
-    and the name of a function on it) raises `ForbiddenCall` saying ``what`` is forbidden; so does any global name
-    of ``function`` bound to one of those functions (``from lora_edu.counting import lora_params``). Yields a list
-    that collects ``what`` for each forbidden call, even one the learner's code catches. Everything is restored
-    afterwards."""
-    calls, restore = [], []
+def _run(function, args, forbidden: dict, called: list):
+    """``function(*args)``, appending to ``called`` the label of each ``forbidden`` function it calls (Python
+    functions recognised by their code, builtins such as torch's by identity). Exceptions propagate."""
+    by_code = {code: label for label, f in forbidden.items() if (code := _code_of(f)) is not None}
+    by_object = {id(f): label for label, f in forbidden.items() if _code_of(f) is None}
 
-    def blocker(what):
-        def blocked(*args, **kwargs):
-            calls.append(what)
-            raise ForbiddenCall(what)
-        return blocked
+    def profile(frame, event, arg):
+        label = by_code.get(frame.f_code) if event == "call" else by_object.get(id(arg)) if event == "c_call" else None
+        if label is not None and label not in called:
+            called.append(label)
 
-    originals = {}
-    for owner, attribute, what in shortcuts:
-        had_own = attribute in vars(owner)
-        original = vars(owner)[attribute] if had_own else getattr(owner, attribute)
-        originals[id(getattr(owner, attribute))] = what
-        restore.append((owner, attribute, had_own, original))
-    for owner, attribute, what in shortcuts:
-        setattr(owner, attribute, blocker(what))
-    namespace = getattr(function, "__globals__", {})
-    bound = [(name, value) for name, value in namespace.items() if id(value) in originals]
+    previous = sys.getprofile()
+    sys.setprofile(profile)
     try:
-        for name, value in bound:
-            namespace[name] = blocker(originals[id(value)])
-        yield calls
+        return function(*args)
     finally:
-        for name, value in bound:
-            namespace[name] = value
-        for owner, attribute, had_own, original in reversed(restore):
-            if had_own:
-                setattr(owner, attribute, original)
-            else:
-                delattr(owner, attribute)
+        sys.setprofile(previous)
+
+
+def run_watched(function, args, forbidden: dict):
+    """``(result, called)``: ``function(*args)`` and the labels of the ``forbidden`` functions it called, in order.
+    ``forbidden`` maps a label ("numpy.linalg.matrix_rank") to the function. Exceptions of ``function`` propagate."""
+    called: list[str] = []
+    return _run(function, args, forbidden, called), called
 
 
 def run_forbidding(function, shortcuts, *args):
-    """``function(*args)`` with ``shortcuts`` forbidden (see `forbidding`): returns ``(result, forbidden, error)``,
-    ``forbidden`` the first forbidden call made (or None) and ``error`` what else the function raised (or None)."""
-    with forbidding(function, shortcuts) as calls:
-        try:
-            result, error = function(*args), None
-        except ForbiddenCall:
-            result, error = None, None
-        except Exception as raised:  # the learner's code: report whatever it raised
-            result, error = None, raised
-    return result, (calls[0] if calls else None), error
+    """``(result, forbidden, error)`` of ``function(*args)``: ``shortcuts`` lists ``(owner, attribute, what)``
+    (a module or class, the name of a function on it, and how to describe calling it); ``forbidden`` is the
+    ``what`` of the first one called (or None), ``error`` whatever else the function raised (or None), in which
+    case ``result`` is None."""
+    called: list[str] = []
+    forbidden = {what: getattr(owner, attribute) for owner, attribute, what in shortcuts}
+    try:
+        result, error = _run(function, args, forbidden, called), None
+    except Exception as raised:  # the learner's code: report whatever it raised
+        result, error = None, raised
+    return result, (called[0] if called else None), error
+
+
+def loaded(module: str, attribute: str):
+    """``module.attribute`` if the module is already imported (a learner who used it has imported it), else None."""
+    found = sys.modules.get(module)
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 def is_stub(function) -> bool:
@@ -69,6 +75,3 @@ def is_stub(function) -> bool:
     def stub(*args): ...
     code = getattr(function, "__code__", None)
     return code is not None and code.co_code == stub.__code__.co_code and code.co_consts == stub.__code__.co_consts
-
-
-__all__ = ["ForbiddenCall", "forbidding", "run_forbidding", "is_stub"]

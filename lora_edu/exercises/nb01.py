@@ -159,7 +159,7 @@ def check_numerical_rank(function) -> CheckResult:
     import torch
 
     from .. import linalg
-    from ._shortcuts import run_watched
+    from ._build_it import run_watched
 
     name = "Exercise 6"
     if function is REVEAL:

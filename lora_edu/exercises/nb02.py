@@ -133,7 +133,7 @@ def check_truncate(function) -> CheckResult:
     import torch
 
     from .. import linalg
-    from ._shortcuts import loaded, run_watched
+    from ._build_it import loaded, run_watched
 
     name = "Exercise 5"
     if function is REVEAL:
