@@ -20,11 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import _validate
 
 __all__ = ["NF4_OFFSET", "nf4_code", "int4_code", "fp4_code", "Quantized4bit", "quantize_4bit",
-           "dequantize_4bit", "quantization_error", "bits_per_parameter"]
+           "dequantize_4bit", "quantization_error", "bits_per_parameter", "DoubleQuantizedAbsmax",
+           "double_quantize_absmax", "dequantize_absmax", "Linear4bit"]
 
 # QLoRA's offset: the outermost quantile is taken at p = 0.9677083 rather than at 1 (whose normal quantile is
 # infinite), about halfway between 1 - 1/(2·15) and 1 - 1/(2·16): 1 - (1/30 + 1/32)/2 = 0.96770833… The 16 values
@@ -137,12 +140,18 @@ def dequantize_4bit(quantized: Quantized4bit) -> torch.Tensor:
     """The weight back from its 4-bit form: ``w_i ≈ code[q_i] · absmax_b`` for ``i`` in block ``b``, in the
     original shape and dtype. Notebook 10_lora_variants."""
     quantized = _validate.instance("quantized", quantized, Quantized4bit, "a Quantized4bit from quantize_4bit")
-    packed = quantized.packed.reshape(-1)
+    return _dequantize(quantized.packed, quantized.absmax, quantized.code, quantized.shape, quantized.blocksize
+                       ).to(quantized.dtype)
+
+
+def _dequantize(packed, absmax, code, shape, blocksize) -> torch.Tensor:
+    """float32 ``code[q_i] · absmax_b`` on the device of ``packed``."""
+    packed = packed.reshape(-1)
     indices = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()
-    n = quantized.shape.numel()
-    values = quantized.code[indices[:n]]
-    block_of = torch.arange(n) // quantized.blocksize
-    return (values * quantized.absmax[block_of]).reshape(quantized.shape).to(quantized.dtype)
+    n = torch.Size(shape).numel()
+    values = code.to(packed.device)[indices[:n]]
+    block_of = torch.arange(n, device=packed.device) // blocksize
+    return (values * absmax[block_of]).reshape(shape)
 
 
 def quantization_error(weight: torch.Tensor, blocksize: int = 64, code: torch.Tensor | None = None) -> float:
@@ -168,3 +177,93 @@ def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, blocksiz
     if not double_quant:
         return 4 + 32 / blocksize
     return 4 + 8 / blocksize + 32 / (blocksize * blocksize2)
+
+
+@dataclass(frozen=True)
+class DoubleQuantizedAbsmax:
+    """The absmax values of a 4-bit weight, themselves in 8 bits: ``codes`` (int8, one per absmax), ``scales``
+    (float32, one per block of ``blocksize`` absmax values) and ``offset`` (their float32 mean)."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    offset: torch.Tensor
+    blocksize: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + 4 * self.scales.numel() + 4
+
+
+def double_quantize_absmax(absmax: torch.Tensor, blocksize: int = 256) -> DoubleQuantizedAbsmax:
+    """QLoRA's double quantization (§3), in its simplest form: the absmax values (all positive, close to each
+    other) minus their mean, in blocks of ``blocksize``, each block scaled by its own absolute maximum ``c`` and
+    rounded to 8-bit integers: ``code = round(127 · (absmax - mean) / c)``. Storage per absmax: 8 bits plus
+    32 / blocksize; per weight parameter at 4-bit block 64: ``8/64 + 32/(64·256)`` ≈ 0.127 bits instead of 0.5.
+
+    bitsandbytes (``compress_statistics=True``) subtracts the mean and uses blocks of 256 too, but rounds to its
+    8-bit *dynamic* code (a float-like grid) rather than to evenly spaced integers: same bits, other bytes.
+    Notebook 10_lora_variants.
+    """
+    absmax = _validate.instance("absmax", absmax, torch.Tensor, "a 1-D float tensor of positive block maxima")
+    if absmax.dim() != 1 or not absmax.is_floating_point() or absmax.numel() == 0 or bool((absmax <= 0).any()):
+        raise ValueError("absmax must be a non-empty 1-D float tensor of positive values (the absmax of "
+                         "quantize_4bit)")
+    blocksize = _validate.integer("blocksize", blocksize, minimum=1)
+    offset = absmax.float().mean()
+    centred = absmax.float() - offset
+    blocks = centred.split(blocksize)
+    scales = torch.stack([b.abs().max() for b in blocks]).clamp(min=1e-38)
+    codes = torch.cat([torch.round(127 * b / c) for b, c in zip(blocks, scales)]).to(torch.int8)
+    return DoubleQuantizedAbsmax(codes, scales, offset, blocksize)
+
+
+def dequantize_absmax(quantized: DoubleQuantizedAbsmax) -> torch.Tensor:
+    """The absmax values back: ``mean + c · code / 127`` per block (float32, the length of the original)."""
+    quantized = _validate.instance("quantized", quantized, DoubleQuantizedAbsmax,
+                                   "a DoubleQuantizedAbsmax from double_quantize_absmax")
+    scale_of = quantized.scales[torch.arange(quantized.codes.numel()) // quantized.blocksize]
+    return quantized.offset + scale_of * quantized.codes.float() / 127
+
+
+class Linear4bit(nn.Module):
+    """A frozen linear layer whose weight is kept in 4 bits, QLoRA's base layer: ``y = x Ŵᵀ + b`` with
+    ``Ŵ = dequantize_4bit(quantize_4bit(W))`` rebuilt for every call in ``compute_dtype`` (the 4-bit numbers
+    are for storage; the matrix product runs in 16 or 32 bits). ``x`` (..., in_features) → (..., out_features).
+
+    Built from an ``nn.Linear``; its ``bias`` is kept as it is (frozen). Nothing of it trains, so LoRA's
+    ``lora_A`` and ``lora_B`` are the only trainable weights. bitsandbytes' ``Linear4bit`` stores the same bytes
+    (``compress_statistics=False``). Notebook 10_lora_variants.
+    """
+
+    def __init__(self, linear: nn.Linear, blocksize: int = 64, code: torch.Tensor | None = None,
+                 compute_dtype: torch.dtype = torch.float32):
+        _validate.instance("linear", linear, nn.Linear, "a torch.nn.Linear to quantize")
+        if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"compute_dtype must be torch.float32, torch.bfloat16 or torch.float16, got "
+                             f"{compute_dtype}")
+        quantized = quantize_4bit(linear.weight, blocksize, code)
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.blocksize, self.compute_dtype = quantized.blocksize, compute_dtype
+        self.register_buffer("packed", quantized.packed.to(linear.weight.device))
+        self.register_buffer("absmax", quantized.absmax.to(linear.weight.device))
+        self.register_buffer("code", quantized.code.to(linear.weight.device))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """``Ŵ`` (out_features, in_features) in ``compute_dtype``."""
+        shape = (self.out_features, self.in_features)
+        return _dequantize(self.packed, self.absmax, self.code, shape, self.blocksize).to(self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        return F.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias).to(x.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the weight takes: the packed 4-bit numbers and one float32 absmax per block."""
+        return self.packed.numel() + 4 * self.absmax.numel()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"blocksize={self.blocksize}, compute_dtype={self.compute_dtype}")
