@@ -43,7 +43,9 @@ class LoraConfig:
     (``lora_alpha / sqrt(r)``, notebook 06), ``target_modules`` (for `add_lora`: a list of names, matching a
     module whose full name equals an entry or ends in ``"." + entry``, or a regular expression for the full
     name) and ``init_lora_weights``: ``True`` (A Kaiming-uniform, B zero), ``"gaussian"`` (A normal with std
-    1/r, B zero) or ``False`` (both random, as a fresh ``nn.Linear``: ΔW ≠ 0, for tests).
+    1/r, B zero), ``False`` (both random, as a fresh ``nn.Linear``: ΔW ≠ 0, for tests) or ``"pissa"`` (A and B
+    from W's top-r singular triplets, W replaced by the residual: notebook 10). ``use_dora``: DoRA's
+    magnitude and direction (notebook 10).
 
     Frozen: ``dataclasses.replace(config, r=16)`` makes a changed copy, checked again.
     See notebook 04_lora_from_scratch.
@@ -55,6 +57,7 @@ class LoraConfig:
     target_modules: list[str] | str | None = None
     use_rslora: bool = False
     init_lora_weights: bool | str = True
+    use_dora: bool = False
 
     def __post_init__(self):
         _validate.integer("r", self.r, 1, hint="(the rank, e.g. 1, 4 or 8)")
@@ -62,9 +65,13 @@ class LoraConfig:
         _validate.real("lora_dropout", self.lora_dropout, 0, 1, open_max=True, hint="(0 turns it off)",
                        tensors=False)
         _validate.boolean("use_rslora", self.use_rslora)
-        if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights == "gaussian"):
+        if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights in ("gaussian", "pissa")):
             raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not allowed; allowed values: "
-                             "True (A random, B zero), 'gaussian' (A normal, B zero), False (both random)")
+                             "True (A random, B zero), 'gaussian' (A normal, B zero), False (both random), "
+                             "'pissa' (A and B from W's top singular directions)")
+        _validate.boolean("use_dora", self.use_dora)
+        if self.use_dora and self.init_lora_weights == "pissa":
+            raise ValueError("use_dora=True with init_lora_weights='pissa' is not implemented here: choose one")
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", _check_target_modules(self.target_modules))
 
@@ -125,8 +132,13 @@ def init_lora_A_(tensor: torch.Tensor, generator: torch.Generator | None = None)
 # --- The variant seam: how an adapter starts, what its branch adds, what it merges ---
 
 class LoraVariant:
-    """Plain LoRA. A variant (DoRA, PiSSA, a quantized base: notebook 10) subclasses this and overrides
-    what differs; `LoRALinear` calls these three methods and nothing else about the math."""
+    """Plain LoRA. A variant (DoRA, PiSSA: notebook 10, ``lora_edu.variants``) subclasses this and overrides
+    what differs; `LoRALinear` calls these methods and nothing else about the math: ``check`` (before anything
+    changes), ``init``, ``forward``, ``delta_weight``, and ``merge``/``unmerge`` (which add and subtract
+    ``delta_weight`` here)."""
+
+    def check(self, layer: "LoRALinear", name: str, config: LoraConfig) -> None:
+        """Raise if this variant cannot be added to ``layer`` as it is (nothing is changed yet)."""
 
     def init(self, layer: "LoRALinear", name: str, config: LoraConfig) -> None:
         """Fill ``layer.lora_A[name]`` (r, in) and ``layer.lora_B[name]`` (out, r). Random numbers come from
@@ -157,9 +169,24 @@ class LoraVariant:
         b, a = layer.lora_B[name].to(compute), layer.lora_A[name].to(compute)
         return ((b @ a) * layer.scaling[name]).to(weight.dtype)
 
+    def merge(self, layer: "LoRALinear", name: str) -> None:
+        """``W0 ← W0 + ΔW``, in place."""
+        layer.base.weight.add_(self.delta_weight(layer, name))
+
+    def unmerge(self, layer: "LoRALinear", name: str) -> None:
+        """``W0 ← W0 - ΔW``, in place (the current ΔW: do not train while merged)."""
+        layer.base.weight.sub_(self.delta_weight(layer, name))
+
 
 def variant_for(config: LoraConfig) -> LoraVariant:
-    """The variant a config asks for (plain LoRA until notebook 10 adds others)."""
+    """The variant a config asks for: DoRA (``use_dora``), PiSSA (``init_lora_weights="pissa"``) or plain LoRA.
+    A fresh object per adapter (a variant may keep state, such as DoRA's norms while merged)."""
+    from . import variants  # noqa: PLC0415  (variants builds on this module)
+
+    if config.use_dora:
+        return variants.DoraVariant()
+    if config.init_lora_weights == "pissa":
+        return variants.PissaVariant()
     return LoraVariant()
 
 
@@ -197,6 +224,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base.requires_grad_(False)
         self.lora_A, self.lora_B = AdapterFactors(), AdapterFactors()
+        self.lora_magnitude_vector = AdapterFactors()  # DoRA's m per adapter (out_features,), PEFT's name
         self.lora_dropout = nn.ModuleDict()
         self.r, self.lora_alpha, self.scaling = {}, {}, {}
         self.lora_config: dict[str, LoraConfig] = {}
@@ -217,13 +245,15 @@ class LoRALinear(nn.Module):
         ``draw=False`` leaves both factors at zero and draws no random numbers (used when loading them)."""
         _check_new_name(name, list(self.lora_A))
         _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig")
+        variant = variant_for(config)
+        variant.check(self, name, config)
         weight, trainable = self.base.weight, name == self.active_adapter
         make = lambda *shape: nn.Parameter(torch.zeros(*shape, device=weight.device, dtype=weight.dtype),
                                            requires_grad=trainable)
         self.lora_A[name], self.lora_B[name] = make(config.r, self.in_features), make(self.out_features, config.r)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.r[name], self.lora_alpha[name], self.scaling[name] = config.r, config.lora_alpha, config.scaling
-        self.lora_config[name], self.lora_variant[name] = config, variant_for(config)
+        self.lora_config[name], self.lora_variant[name] = config, variant
         self.added_order[name] = next(_ADDED)
         if draw:
             self.lora_variant[name].init(self, name, config)
@@ -232,6 +262,13 @@ class LoRALinear(nn.Module):
         for store in (self.lora_A, self.lora_B, self.lora_dropout, self.r, self.lora_alpha, self.scaling,
                       self.lora_config, self.lora_variant, self.added_order):
             del store[name]
+        if name in self.lora_magnitude_vector:
+            del self.lora_magnitude_vector[name]
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        """What adapter ``name`` trains here: ``lora_A``, ``lora_B`` (and DoRA's magnitude vector)."""
+        found = [self.lora_A[name], self.lora_B[name]]
+        return found + ([self.lora_magnitude_vector[name]] if name in self.lora_magnitude_vector else [])
 
     def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
         """``ΔW`` (out, in) of an adapter (default: the active one), in the base weight's dtype."""
@@ -268,7 +305,7 @@ class LoRALinear(nn.Module):
         if name in self.merged_adapters:
             raise ValueError(f"adapter {name!r} of this LoRALinear is already merged; merging again would add "
                              "ΔW a second time. Call unmerge() first, or leave it merged")
-        self.base.weight.add_(self.delta_weight(name))
+        self.lora_variant[name].merge(self, name)
         self.merged_adapters.append(name)
         return self
 
@@ -279,7 +316,8 @@ class LoRALinear(nn.Module):
             raise ValueError("this LoRALinear is not merged (merged=False); unmerging would subtract ΔW "
                              "from the frozen weight. Call merge() first")
         while self.merged_adapters:
-            self.base.weight.sub_(self.delta_weight(self.merged_adapters.pop()))
+            name = self.merged_adapters.pop()
+            self.lora_variant[name].unmerge(self, name)
         return self
 
     def extra_repr(self) -> str:
@@ -412,8 +450,8 @@ def _set_trainable(model: nn.Module, freeze_the_rest: bool) -> None:
         model.requires_grad_(False)
     for layer in lora_layers(model).values():
         for name in layer.lora_A:
-            layer.lora_A[name].requires_grad_(name == layer.active_adapter)
-            layer.lora_B[name].requires_grad_(name == layer.active_adapter)
+            for parameter in layer.adapter_parameters(name):
+                parameter.requires_grad_(name == layer.active_adapter)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -497,9 +535,14 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 def lora_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """Only one adapter's factors (default: the active one), keyed as in ``model.state_dict()``:
-    ``"<module>.lora_A.<adapter>"`` ``(r, in)`` and ``"<module>.lora_B.<adapter>"`` ``(out, r)``. Load them back
+    ``"<module>.lora_A.<adapter>"`` ``(r, in)`` and ``"<module>.lora_B.<adapter>"`` ``(out, r)`` (and DoRA's
+    ``"<module>.lora_magnitude_vector.<adapter>"`` ``(out,)``). Load them back
     with ``model.load_state_dict(sd, strict=False)``. See notebook 04_lora_from_scratch."""
     name = active_adapter(model) if adapter_name is None and lora_layers(model) else adapter_name
     layers = _require_adapter(model, name, "save")
-    return {f"{module}.lora_{f}.{name}": getattr(layer, f"lora_{f}")[name].detach()
-            for module, layer in layers.items() if name in layer.lora_A for f in "AB"}
+    found = {}
+    for module, layer in layers.items():
+        for store in ("lora_A", "lora_B", "lora_magnitude_vector"):   # the last only for DoRA
+            if name in getattr(layer, store):
+                found[f"{module}.{store}.{name}"] = getattr(layer, store)[name].detach()
+    return found
