@@ -9,8 +9,9 @@ For a frozen ``W0`` (out_features, in_features) an adapter learns
 
 with ``scaling = lora_alpha / r`` (rsLoRA: ``lora_alpha / sqrt(r)``). ``B`` starts at zero, so ``ΔW = scaling B A
 = 0`` and the model starts exactly where it was. A layer holds adapters by name (``layer.lora_A["default"]``),
-one of them active; how an adapter starts, what its branch adds and what it merges are the three methods of a
-`LoraVariant` (plain LoRA here; notebook 10 adds others). A bad call raises TypeError/ValueError naming the
+one of them active; how an adapter starts, what its branch adds and what it merges are the methods of a
+`LoraVariant` (plain LoRA here; DoRA and PiSSA in ``lora_edu.variants``, notebook 10). The frozen layer may be
+an ``nn.Linear`` or a 4-bit ``lora_edu.quantization.Linear4bit`` (QLoRA, notebook 10). A bad call raises TypeError/ValueError naming the
 parameter and the allowed values, before anything changes.
 """
 from __future__ import annotations
@@ -25,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate
+from .quantization import Linear4bit
 
 __all__ = ["LoraConfig", "LoraVariant", "LoRALinear", "lora_scaling", "init_lora_A_", "add_lora",
            "find_target_modules", "lora_layers", "adapter_names", "active_adapter", "merge_lora", "unmerge_lora",
            "lora_state_dict", "BASE"]
 
+LINEAR_LAYERS = (nn.Linear, Linear4bit)  # what LoRA wraps: a plain linear layer or a frozen 4-bit one (QLoRA)
 BASE = "__base__"  # in per_example_adapters: this example runs the base model alone (PEFT's name)
 _ADDED = itertools.count()  # stamps every adapter a layer gets, in the order they are added
 
@@ -217,7 +220,7 @@ class LoRALinear(nn.Module):
         if isinstance(base, LoRALinear):
             raise ValueError("base already is a LoRALinear: add another adapter with layer.add_adapter(name, "
                              "config), or pass the plain nn.Linear (layer.base)")
-        _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
+        _validate.instance("base", base, LINEAR_LAYERS, "a torch.nn.Linear (or a lora_edu.quantization.Linear4bit)")
         config = LoraConfig() if config is None else config
         _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig")
         _check_new_name(adapter_name, [])
@@ -305,6 +308,10 @@ class LoRALinear(nn.Module):
         if name in self.merged_adapters:
             raise ValueError(f"adapter {name!r} of this LoRALinear is already merged; merging again would add "
                              "ΔW a second time. Call unmerge() first, or leave it merged")
+        if isinstance(self.base, Linear4bit):
+            raise ValueError("this LoRALinear's base is a 4-bit Linear4bit: ΔW cannot be added to 4-bit numbers "
+                             "without rounding it away. Merge into a 16/32-bit copy: nn.Linear with weight "
+                             "base.dequantized_weight(), then merge there")
         self.lora_variant[name].merge(self, name)
         self.merged_adapters.append(name)
         return self
@@ -378,7 +385,7 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
     for name, module in model.named_modules():
         if name == "" or name in inside or not target_matches(name, target_modules):
             continue
-        if not isinstance(module, (nn.Linear, LoRALinear)):
+        if not isinstance(module, (*LINEAR_LAYERS, LoRALinear)):
             not_linear.append(f"{name!r} ({type(module).__name__})")
         elif isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
             # MultiheadAttention reads out_proj.weight directly instead of calling out_proj(x):
@@ -403,7 +410,8 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
 
 def _linear_names(model: nn.Module) -> str:
     inside = _inside_lora(model)
-    names = [n for n, m in model.named_modules() if n and n not in inside and isinstance(m, (nn.Linear, LoRALinear))]
+    names = [n for n, m in model.named_modules()
+             if n and n not in inside and isinstance(m, (*LINEAR_LAYERS, LoRALinear))]
     return ", ".join(names) if names else "(none)"
 
 
@@ -512,6 +520,10 @@ def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
     if merged:
         raise ValueError(f"LoRA layers {merged} are already merged; merging again would add ΔW a second "
                          "time. Call unmerge_lora(model) first")
+    quantized = [n for n, layer in layers.items() if name in layer.lora_A and isinstance(layer.base, Linear4bit)]
+    if quantized:
+        raise ValueError(f"LoRA layers {quantized} have 4-bit bases (Linear4bit): ΔW cannot be merged into 4-bit "
+                         "numbers without rounding it away; nothing was merged")
     for layer in layers.values():
         if name in layer.lora_A:
             layer.merge(name)

@@ -27,7 +27,7 @@ from . import _validate
 
 __all__ = ["NF4_OFFSET", "nf4_code", "int4_code", "fp4_code", "Quantized4bit", "quantize_4bit",
            "dequantize_4bit", "quantization_error", "bits_per_parameter", "DoubleQuantizedAbsmax",
-           "double_quantize_absmax", "dequantize_absmax", "Linear4bit"]
+           "double_quantize_absmax", "dequantize_absmax", "Linear4bit", "quantize_linear_layers"]
 
 # QLoRA's offset: the outermost quantile is taken at p = 0.9677083 rather than at 1 (whose normal quantile is
 # infinite), about halfway between 1 - 1/(2·15) and 1 - 1/(2·16): 1 - (1/30 + 1/32)/2 = 0.96770833… The 16 values
@@ -255,6 +255,12 @@ class Linear4bit(nn.Module):
         shape = (self.out_features, self.in_features)
         return _dequantize(self.packed, self.absmax, self.code, shape, self.blocksize).to(self.compute_dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """``Ŵ``, rebuilt on every access (read-only: writing into it changes nothing stored). LoRA reads it for
+        its factors' dtype and device, and DoRA for the norm of ``Ŵ + ΔW`` (QDoRA)."""
+        return self.dequantized_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         return F.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias).to(x.dtype)
@@ -267,3 +273,25 @@ class Linear4bit(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"blocksize={self.blocksize}, compute_dtype={self.compute_dtype}")
+
+
+def quantize_linear_layers(model: nn.Module, blocksize: int = 64, compute_dtype: torch.dtype = torch.float32,
+                           skip: tuple[str, ...] = ()) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a frozen `Linear4bit`, except those whose full name
+    is in ``skip`` (QLoRA keeps the output head in 16 bits, for instance). Returns ``model``, all frozen: add LoRA
+    to it next (``lora_edu.add_lora`` wraps `Linear4bit` layers as it wraps ``nn.Linear`` ones). Notebook 10."""
+    _validate.module("model", model)
+    if isinstance(model, nn.Linear):
+        raise TypeError("model is itself an nn.Linear: quantize it directly with Linear4bit(model)")
+    skip = _validate.sequence("skip", skip, what="module names") if skip else ()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip]
+    unknown = sorted(set(skip) - {n for n, _ in model.named_modules()})
+    if unknown:
+        raise ValueError(f"skip names modules this model does not have: {unknown}")
+    if not names:
+        raise ValueError("model has no nn.Linear layers to quantize (outside skip)")
+    quantized = {n: Linear4bit(model.get_submodule(n), blocksize, None, compute_dtype) for n in names}
+    for name, layer in quantized.items():                       # every layer built before any is replaced
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+    return model.requires_grad_(False)

@@ -153,6 +153,9 @@ class PissaVariant(LoraVariant):
             raise ValueError(f"r={config.r} is larger than min(out_features, in_features) = {limit}: PiSSA takes r "
                              f"singular directions of a {layer.out_features}×{layer.in_features} weight, which has "
                              f"at most {limit}")
+        if not isinstance(layer.base, nn.Linear):
+            raise ValueError(f"cannot add PiSSA adapter {name!r} to a {type(layer.base).__name__} base: PiSSA "
+                             "rewrites the frozen weight, so it needs a plain nn.Linear")
         if layer.lora_A:
             raise ValueError(f"cannot add PiSSA adapter {name!r} to a layer that already has adapters "
                              f"{list(layer.lora_A)}: PiSSA replaces the frozen weight they are built on")

@@ -202,3 +202,84 @@ def test_bad_input_of_the_other_functions():
         Q.bits_per_parameter(64, double_quant="yes")
     with pytest.raises(ValueError, match="blocksize"):
         Q.bits_per_parameter(0)
+
+
+def bnb_quantized(model):
+    """``model`` with every nn.Linear replaced by bitsandbytes' NF4 Linear4bit (no double quantization)."""
+    import bitsandbytes
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.Linear):
+            layer = bitsandbytes.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                               compute_dtype=torch.float32, compress_statistics=False,
+                                               quant_type="nf4")
+            layer.weight = bitsandbytes.nn.Params4bit(module.weight.data.clone(), requires_grad=False,
+                                                      quant_type="nf4", compress_statistics=False, blocksize=64)
+            if module.bias is not None:
+                layer.bias = torch.nn.Parameter(module.bias.data.clone(), requires_grad=False)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer.to("cpu"))
+    return model
+
+
+def test_qlora_forward_and_gradients_equal_peft_on_bitsandbytes(bnb):
+    import copy
+    import warnings
+
+    import peft
+
+    import lora_edu
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 40), torch.nn.ReLU(), torch.nn.Linear(40, 24))
+    config = dict(r=4, lora_alpha=8, target_modules=["0", "2"])
+    ours = lora_edu.add_lora(Q.quantize_linear_layers(copy.deepcopy(base)), lora_edu.LoraConfig(**config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(bnb_quantized(copy.deepcopy(base)), peft.LoraConfig(**config))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, layer in lora_edu.lora_layers(ours).items():
+            assert isinstance(layer.base, Q.Linear4bit)
+            twin = theirs.base_model.model.get_submodule(name)
+            layer.lora_B["default"].copy_(torch.randn(layer.lora_B["default"].shape, generator=generator))
+            twin.lora_A["default"].weight.copy_(layer.lora_A["default"])
+            twin.lora_B["default"].weight.copy_(layer.lora_B["default"])
+    x = torch.randn(6, 64, generator=generator, requires_grad=True)  # with gradients: bitsandbytes' fp32 path
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert torch.equal(y_ours, y_theirs)
+    y_ours.square().sum().backward()
+    y_theirs.square().sum().backward()
+    for name, layer in lora_edu.lora_layers(ours).items():
+        twin = theirs.base_model.model.get_submodule(name)
+        assert torch.equal(layer.lora_A["default"].grad, twin.lora_A["default"].weight.grad), name
+        assert torch.equal(layer.lora_B["default"].grad, twin.lora_B["default"].weight.grad), name
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == {
+        f"{m}.lora_{f}.default" for m in ("0", "2") for f in "AB"}
+
+
+def test_lora_on_a_4bit_base_refuses_to_merge_and_pissa():
+    import lora_edu
+    torch.manual_seed(0)
+    model = Q.quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 2)), skip=["1"])
+    assert isinstance(model[0], Q.Linear4bit) and isinstance(model[1], torch.nn.Linear)
+    packed = model[0].packed.clone()
+    with pytest.raises(ValueError, match="PiSSA.*Linear4bit"):
+        lora_edu.add_lora(model, lora_edu.LoraConfig(r=2, init_lora_weights="pissa", target_modules=["0"]))
+    lora_edu.add_lora(model, lora_edu.LoraConfig(r=2, target_modules=["0"]))
+    with pytest.raises(ValueError, match="4-bit"):
+        lora_edu.merge_lora(model)
+    assert torch.equal(model[0].base.packed, packed) and not model[0].merged
+    with pytest.raises(ValueError, match="skip names modules this model does not have"):
+        Q.quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(4, 4)), skip=["head"])
+    with pytest.raises(TypeError, match="Linear4bit\\(model\\)"):
+        Q.quantize_linear_layers(torch.nn.Linear(4, 4))
+
+
+def test_merge_lora_refuses_a_4bit_layer_before_merging_any():
+    import lora_edu
+    torch.manual_seed(0)
+    model = Q.quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 2)), skip=["0"])
+    lora_edu.add_lora(model, lora_edu.LoraConfig(r=2, target_modules=["0", "1"], init_lora_weights=False))
+    weight = model[0].base.weight.clone()
+    with pytest.raises(ValueError, match=r"\['1'\] have 4-bit bases.*nothing was merged"):
+        lora_edu.merge_lora(model)
+    assert torch.equal(model[0].base.weight, weight) and not model[0].merged
