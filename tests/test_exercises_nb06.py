@@ -89,6 +89,7 @@ def scaling_solution(alpha, r, rule):
 
 def test_scaling_function_solution_passes_and_stub_is_unanswered():
     assert nb06.check_scaling_function(scaling_solution)
+    assert nb06.check_scaling_function(lambda alpha, r, rule: np.float32(scaling_solution(alpha, r, rule)))
     assert nb06.check_scaling_function(lambda alpha, r, rule: None).passed is None
     state = np.random.get_state()[1].copy()
     nb06.check_scaling_function(scaling_solution)
@@ -96,7 +97,9 @@ def test_scaling_function_solution_passes_and_stub_is_unanswered():
 
 
 @pytest.mark.parametrize("wrong, diagnosis", [
-    (lambda alpha, r, rule: alpha / math.sqrt(r) if rule == "alpha/r" else alpha / r, "swapped"),
+    (lambda alpha, r, rule: alpha / math.sqrt(r) if rule == "alpha/r" else alpha / r, "that is rsLoRA's α / √r"),
+    (lambda alpha, r, rule: alpha / r, "that is LoRA's α / r; rule 'alpha/sqrt(r)'"),
+    (lambda alpha, r, rule: alpha // r if rule == "alpha/r" else alpha / math.sqrt(r), "case 5"),
     (lambda alpha, r, rule: r / alpha if rule == "alpha/r" else r ** 0.5 / alpha, "upside down"),
     (lambda alpha, r, rule: alpha, "α alone"),
     (lambda alpha, r, rule: alpha * r, "do not multiply"),
