@@ -7,6 +7,8 @@ Explained in notebook 06_rank_and_alpha_explorer.
   models, so a grid of a hundred runs takes seconds of CPU. Each slice computes what `lora_edu.LoRALinear` does.
 - `run_lora_grid`: ranks × α rules × learning rates × scaling rules on a digits shift task (a `LoRAGrid`).
 - `compare_alpha_and_lr`: validation curves of several ``(α, lr)`` pairs at one rank.
+- `train_full_batch`, `sweep_learning_rates`: full fine-tuning side by side, and one learning-rate sweep with
+  seeds for LoRA at every rank and for full fine-tuning (an `LRSweep`).
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ LOSSES = ("cross_entropy", "mse")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
-__all__ = ["batch_indices", "frozen_linear_stack", "BatchRun", "train_lora_batch", "LoRAGrid", "run_lora_grid",
-           "compare_alpha_and_lr"]
+__all__ = ["batch_indices", "frozen_linear_stack", "BatchRun", "train_lora_batch", "train_full_batch", "LoRAGrid",
+           "run_lora_grid", "compare_alpha_and_lr", "FULL", "LRSweep", "sweep_learning_rates"]
 
 
 def batch_indices(n: int, batch_size: int | None, steps: int, seed: int = 0) -> torch.Tensor:
@@ -175,21 +177,12 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
     eval_steps, val_losses, train_losses = [0], [scored()], []
     # Adam by hand rather than torch.optim.Adam: each configuration has its own learning rate, and here all G
     # configurations live in one tensor (torch's optimizers take one learning rate per parameter tensor).
-    beta1, beta2 = ADAM_BETAS
     for t, idx in enumerate(rows, start=1):
         y = data.y_train[:, idx] if per_config_targets else data.y_train[idx]
         batch_loss = _loss_per_config(_forward(data.x_train[idx], layers, lora, s), y, loss)
         grads = torch.autograd.grad(batch_loss.sum(), params)  # configurations share no parameters
         train_losses.append(batch_loss.detach().cpu())
-        with torch.no_grad():
-            for p, grad, (m, v) in zip(params, grads, moments):
-                if optimizer == "sgd":
-                    p.sub_(lr * grad)
-                else:
-                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    denominator = (v / (1 - beta2 ** t)).sqrt().add_(ADAM_EPS)
-                    p.sub_(lr * (m / (1 - beta1 ** t)) / denominator)
+        _update(params, grads, moments, [lr] * len(params), t, optimizer)
         if t % eval_every == 0 or t == steps:
             eval_steps.append(t)
             val_losses.append(scored())
@@ -200,6 +193,78 @@ def train_lora_batch(layers, target_positions, data, r: int, scalings, learning_
         accuracy = (predicted == data.y_val).float().mean(dim=1).cpu().numpy()
     return BatchRun(torch.stack(train_losses, 1).numpy(), eval_steps, torch.stack(val_losses, 1).numpy(),
                     accuracy, {k: (a.detach(), b.detach()) for k, (a, b) in lora.items()})
+
+
+def _update(params, grads, moments, learning_rates, t: int, optimizer: str) -> None:
+    """One optimizer step on tensors whose first dimension is the configuration: ``learning_rates`` holds, per
+    parameter, a tensor that broadcasts against it (one rate per configuration). Adam as `torch.optim.Adam`
+    (β = 0.9, 0.999, ε = 1e-8, bias-corrected; ``t`` counts from 1), or plain SGD."""
+    beta1, beta2 = ADAM_BETAS
+    with torch.no_grad():
+        for p, grad, (m, v), lr in zip(params, grads, moments, learning_rates):
+            if optimizer == "sgd":
+                p.sub_(lr * grad)
+            else:
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denominator = (v / (1 - beta2 ** t)).sqrt().add_(ADAM_EPS)
+                p.sub_(lr * (m / (1 - beta1 ** t)) / denominator)
+
+
+def train_full_batch(layers, data, learning_rates, steps: int, *, batch_size: int | None = 64,
+                     eval_every: int = 5, seed: int = 0) -> BatchRun:
+    """Full fine-tuning of G copies of a stack of linear layers side by side, one learning rate each.
+
+    ``layers``: ``[(W (out, in), b (out,)), ...]`` with ReLU between them (`frozen_linear_stack`), the
+    starting point; ``data``: a classification task with ``x_train``, ``y_train``, ``x_val``, ``y_val``
+    (cross-entropy). Configuration g trains its own copy of every ``W`` and ``b`` (shapes ``(G, out, in)``,
+    ``(G, out)``) with Adam (β = 0.9, 0.999, ε = 1e-8, as `lora_edu.training.train` with ``weight_decay=0``)
+    at ``learning_rates[g]``, on the same batches as `train_lora_batch` with this ``seed``
+    (`batch_indices`). Returns a `BatchRun` whose ``factors`` is
+    ``{layer position: ΔW = W_after − W_before (G, out, in)}``. See notebook 06_rank_and_alpha_explorer.
+    """
+    steps = _validate.integer("steps", steps, 1)
+    eval_every = _validate.integer("eval_every", eval_every, 1)
+    seed = _validate.integer("seed", seed, 0)
+    learning_rates = _validate.positives("learning_rates", learning_rates)
+    layers = _validate.sequence("layers", layers, what="(W, b) pairs")
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        if not isinstance(getattr(data, name, None), torch.Tensor):
+            raise TypeError(f"data must have tensors x_train, y_train, x_val, y_val; {name} is missing")
+    g, device = len(learning_rates), layers[0][0].device
+    weights = [(w.expand(g, -1, -1).clone().requires_grad_(True), b.expand(g, -1).clone().requires_grad_(True))
+               for w, b in layers]
+    params = [p for pair in weights for p in pair]
+    lr = torch.tensor(learning_rates, device=device)
+    rates = [lr.view(g, *([1] * (p.dim() - 1))) for p in params]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    rows = batch_indices(len(data.x_train), batch_size, steps, seed).to(device)
+
+    def forward(x):  # (n, in) shared by every configuration -> (G, n, classes)
+        h = x
+        for i, (w, b) in enumerate(weights):
+            h = h @ w.transpose(-1, -2) + b.unsqueeze(-2)
+            h = F.relu(h) if i < len(weights) - 1 else h
+        return h
+
+    def scored():
+        with torch.no_grad():
+            return _loss_per_config(forward(data.x_val), data.y_val, "cross_entropy").cpu()
+
+    eval_steps, val_losses, train_losses = [0], [scored()], []
+    for t, idx in enumerate(rows, start=1):
+        batch_loss = _loss_per_config(forward(data.x_train[idx]), data.y_train[idx], "cross_entropy")
+        grads = torch.autograd.grad(batch_loss.sum(), params)
+        train_losses.append(batch_loss.detach().cpu())
+        _update(params, grads, moments, rates, t, "adam")
+        if t % eval_every == 0 or t == steps:
+            eval_steps.append(t)
+            val_losses.append(scored())
+    with torch.no_grad():
+        accuracy = (forward(data.x_val).argmax(dim=-1) == data.y_val).float().mean(dim=1).cpu().numpy()
+    deltas = {i: (w.detach() - w0) for i, ((w, _), (w0, _)) in enumerate(zip(weights, layers))}
+    return BatchRun(torch.stack(train_losses, 1).numpy(), eval_steps, torch.stack(val_losses, 1).numpy(),
+                    accuracy, deltas)
 
 
 @dataclass
@@ -310,3 +375,88 @@ def compare_alpha_and_lr(base_model: nn.Module, task, pairs, r: int = 8, steps: 
                            [lr for _, lr in pairs], steps, batch_size=batch_size, eval_every=1, optimizer=optimizer,
                            seed=seed)
     return {pair: run.val_loss[i] for i, pair in enumerate(pairs)}
+
+
+FULL = "full"  # the name of full fine-tuning among an `LRSweep`'s methods
+
+
+@dataclass
+class LRSweep:
+    """Final results of a learning-rate sweep with several seeds, for LoRA at each rank and for full fine-tuning.
+
+    ``methods``: the ranks, then ``"full"``; ``val_loss``: (M, L, S, E) validation cross-entropy at
+    ``eval_steps`` for method × learning rate × seed; ``val_accuracy``: (M, L, S) after the last step.
+    """
+
+    methods: tuple
+    learning_rates: tuple
+    seeds: tuple
+    alpha_rule: str
+    scaling_rule: str
+    eval_steps: list[int]
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray
+
+    def _row(self, method) -> int:
+        return self.methods.index(_validate.choice("method", method, self.methods))
+
+    def final_loss(self, method) -> np.ndarray:
+        """(L, S): the final validation loss of every learning rate and seed."""
+        return self.val_loss[self._row(method), :, :, -1]
+
+    def best_lr_index(self, method) -> np.ndarray:
+        """(S,): for each seed, the position in ``learning_rates`` of the lowest final validation loss."""
+        return self.final_loss(method).argmin(axis=0)
+
+    def best_lr(self, method) -> np.ndarray:
+        """(S,): for each seed, the learning rate with the lowest final validation loss."""
+        return np.asarray(self.learning_rates)[self.best_lr_index(method)]
+
+    def best_loss(self, method) -> np.ndarray:
+        """(S,): for each seed, the lowest final validation loss over the learning rates."""
+        return self.final_loss(method).min(axis=0)
+
+    def best_accuracy(self, method) -> np.ndarray:
+        """(S,): for each seed, the final accuracy of the learning rate with the lowest final loss."""
+        return self.val_accuracy[self._row(method)][self.best_lr_index(method), np.arange(len(self.seeds))]
+
+    def best_is_interior(self, method) -> bool:
+        """Whether every seed's best learning rate lies strictly inside the grid (neither end)."""
+        best = self.best_lr_index(method)
+        return bool(np.all((best > 0) & (best < len(self.learning_rates) - 1)))
+
+
+def sweep_learning_rates(base_model: nn.Module, task, ranks=RANKS, learning_rates=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2),
+                         seeds=(0, 1, 2), alpha_rule: str = "2r", scaling_rule: str = "alpha/r",
+                         fixed_alpha: float = FIXED_ALPHA, steps: int = 60, batch_size: int = 64,
+                         eval_every: int = 60, full: bool = True, target_modules=None) -> LRSweep:
+    """LoRA at every rank and (``full=True``) full fine-tuning of every weight, each over the same
+    ``learning_rates`` and ``seeds``, on ``task`` from ``base_model`` (a classifier `frozen_linear_stack`
+    can read; LoRA on ``target_modules``, default the model's ``linear_targets``).
+
+    LoRA uses ``s = lora_scaling(alpha_for(alpha_rule, r, fixed_alpha), r, scaling_rule)``; a seed sets the
+    batches and LoRA's initial ``A`` (`train_lora_batch`), and for full fine-tuning the batches
+    (`train_full_batch`). Every learning rate of one (method, seed) trains side by side. Cost: about
+    ``(len(ranks) + 1) × len(seeds) × steps`` batched steps. Returns an `LRSweep`.
+    See notebook 06_rank_and_alpha_explorer.
+    """
+    ranks = _validate.integers("ranks", ranks)
+    learning_rates = _validate.positives("learning_rates", learning_rates)
+    seeds = _validate.integers("seeds", seeds, 0)
+    _validate.choice("alpha_rule", alpha_rule, ALPHA_RULES)
+    _validate.choice("scaling_rule", scaling_rule, SCALING_RULES)
+    _validate.boolean("full", full)
+    layers, positions = frozen_linear_stack(base_model, target_modules)
+    task = task.to(layers[0][0].device)
+    runs = [[train_lora_batch(layers, positions, task, r, [lora_scaling(alpha_for(alpha_rule, r, fixed_alpha), r,
+                                                                        scaling_rule)] * len(learning_rates),
+                              learning_rates, steps, batch_size=batch_size, eval_every=eval_every, seed=seed)
+             for seed in seeds] for r in ranks]
+    if full:
+        runs.append([train_full_batch(layers, task, learning_rates, steps, batch_size=batch_size,
+                                      eval_every=eval_every, seed=seed) for seed in seeds])
+    # runs[method][seed].val_loss is (L, E): stack to (M, S, L, E), then put the learning rate before the seed
+    val_loss = np.stack([np.stack([run.val_loss for run in row]) for row in runs], dtype=np.float64)
+    accuracy = np.stack([np.stack([run.val_accuracy for run in row]) for row in runs], dtype=np.float64)
+    return LRSweep(ranks + ((FULL,) if full else ()), learning_rates, seeds, alpha_rule, scaling_rule,
+                   runs[0][0].eval_steps, val_loss.transpose(0, 2, 1, 3), accuracy.transpose(0, 2, 1))

@@ -3,8 +3,9 @@
 Explained in notebook 06_rank_and_alpha_explorer.
 
 - `planted_rank_problem` / `planted_rank_sweep`: a frozen ``W0`` and a target ``W0 + ΔW*`` of known rank k.
-- `lora_gradient_norms_at_init`, `lora_first_step_norms`, `loglog_slope`: how the scaling rule sets the
-  size of the gradient at initialisation and of Adam's first step.
+- `lora_gradient_norms_at_init`, `lora_first_step_norms`, `lora_first_step`, `loglog_slope`: how the scaling
+  rule sets the size of the gradient at initialisation and of Adam's first step (and its loss drop).
+- `train_lora_two_learning_rates`: LoRA under Adam with one learning rate for A and another for B.
 - `full_finetuning_delta`, `directions_for_energy`: the spectrum of the update full fine-tuning makes.
 """
 from __future__ import annotations
@@ -28,8 +29,9 @@ from .strategies import apply_strategy
 from .training import evaluate_accuracy, train
 
 __all__ = ["PlantedRankProblem", "planted_rank_problem", "PlantedRankSweep", "planted_rank_sweep",
-           "lora_gradient_norms_at_init", "lora_first_step_norms", "loglog_slope", "full_finetuning_delta",
-           "directions_for_energy"]
+           "lora_gradient_norms_at_init", "lora_first_step_norms", "lora_first_step", "loglog_slope",
+           "full_finetuning_delta", "directions_for_energy", "TwoRateRun", "train_lora_two_learning_rates",
+           "full_rank_layers"]
 
 
 @dataclass
@@ -201,16 +203,90 @@ def lora_first_step_norms(base_model: nn.Module, task, ranks=RANKS, alpha_rule: 
     ``a_i · a_j`` of A's rows (a part growing like ``r/√in``), so measured log-log slopes sit slightly above
     -1/2, 0 and +1/2. Returns (len(ranks),). See notebook 06_rank_and_alpha_explorer.
     """
+    return lora_first_step(base_model, task, ranks, alpha_rule, scaling_rule, lr, fixed_alpha, seed,
+                           target_modules)[0]
+
+
+def lora_first_step(base_model: nn.Module, task, ranks=RANKS, alpha_rule: str = "fixed",
+                    scaling_rule: str = "alpha/r", lr: float = 1e-3, fixed_alpha: float = FIXED_ALPHA,
+                    seed: int = 0, target_modules=None) -> tuple[np.ndarray, np.ndarray]:
+    """One full-batch Adam step of LoRA at each rank: ``(norms, drops)``, both (len(ranks),).
+
+    ``norms``: the size of the update, ``√(Σ_layers ‖s B₁ A₁‖_F²)`` (as `lora_first_step_norms`);
+    ``drops``: the validation loss before the step minus after it. For a small step the drop is about
+    ``⟨−∂L/∂W, ΔW₁⟩``, so it grows with ``‖ΔW₁‖`` while the step's direction stays alike.
+    See notebook 06_rank_and_alpha_explorer.
+    """
     ranks = _validate.integers("ranks", ranks)
     lr = _validate.positive("lr", lr)
     layers, positions = frozen_linear_stack(base_model, target_modules)
     task = task.to(layers[0][0].device)
-    norms = []
+    norms, drops = [], []
     for r in ranks:
         s = lora_scaling(alpha_for(alpha_rule, r, fixed_alpha), r, scaling_rule)
         run = train_lora_batch(layers, positions, task, r, [s], [lr], 1, batch_size=None, seed=seed)
         norms.append(math.sqrt(sum(float((s * (b[0] @ a[0])).pow(2).sum()) for a, b in run.factors.values())))
-    return np.array(norms)
+        drops.append(float(run.val_loss[0, 0] - run.val_loss[0, -1]))
+    return np.array(norms), np.array(drops)
+
+
+@dataclass
+class TwoRateRun:
+    """What `train_lora_two_learning_rates` recorded: ``val_loss`` (steps + 1,), the validation loss before
+    training and after every step; ``delta_weights``: ``{layer name: ΔW = s B A (out, in)}`` after training."""
+
+    val_loss: np.ndarray
+    delta_weights: dict
+
+
+def train_lora_two_learning_rates(base_model: nn.Module, task, r: int, alpha: float, lr_A: float, lr_B: float,
+                                  steps: int = 30, batch_size: int | None = 256, eps: float = 1e-8,
+                                  seed: int = 0, target_modules=None) -> TwoRateRun:
+    """LoRA (α/r scaling) trained with `torch.optim.Adam` and two parameter groups: every ``lora_A`` at
+    ``lr_A``, every ``lora_B`` at ``lr_B`` (β = 0.9, 0.999, ``eps``; LoRA+ uses such a pair, notebook 10).
+
+    `lora_edu.add_lora` on a copy of ``base_model`` at ``target_modules`` (default: the model's
+    ``linear_targets``); layer position i's ``A (r, in)`` is `lora_init_A` with seed ``seed + i`` and ``B = 0``,
+    the batches those of `batch_indices` with ``seed``, as in `lora_edu.batched.train_lora_batch`. So
+    ``(c·α, lr, lr)`` and ``(α, lr, c·lr)`` start from the same function, and under Adam they stay the same
+    function (up to ``eps``): see notebook 06_rank_and_alpha_explorer. Returns a `TwoRateRun`.
+    """
+    r = _validate.integer("r", r, 1)
+    alpha = _validate.positive("alpha", alpha)
+    lr_A, lr_B = _validate.positive("lr_A", lr_A), _validate.positive("lr_B", lr_B)
+    steps = _validate.integer("steps", steps, 1)
+    eps = _validate.real("eps", eps, 0)
+    seed = _validate.integer("seed", seed, 0)
+    layers, positions = frozen_linear_stack(base_model, target_modules)
+    target_modules, task = _targets_and_task(base_model, target_modules, task)
+    with torch.random.fork_rng(devices=[]):  # add_lora's own draw of A must not move the global state
+        model = add_lora(copy.deepcopy(base_model), LoraConfig(target_modules=list(target_modules), r=r,
+                                                               lora_alpha=alpha))
+    lora = lora_layers(model)
+    with torch.no_grad():
+        for position, name in zip(positions, target_modules):
+            layer = lora[name]
+            layer.lora_A["default"].copy_(lora_init_A(layer.in_features, r, seed + position, layer.base.weight.device))
+    optimizer = torch.optim.Adam([
+        {"params": [lora[name].lora_A["default"] for name in target_modules], "lr": lr_A},
+        {"params": [lora[name].lora_B["default"] for name in target_modules], "lr": lr_B},
+    ], betas=(0.9, 0.999), eps=eps)
+    rows = batch_indices(len(task.x_train), batch_size, steps, seed).to(task.x_train.device)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(F.cross_entropy(model(task.x_val), task.y_val))
+
+    model.train()
+    losses = [val_loss()]
+    for idx in rows:
+        loss = F.cross_entropy(model(task.x_train[idx]), task.y_train[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(val_loss())
+    deltas = {name: lora[name].delta_weight("default").detach().clone() for name in target_modules}
+    return TwoRateRun(np.array(losses), deltas)
 
 
 def loglog_slope(x, y) -> float:
@@ -251,3 +327,14 @@ def directions_for_energy(matrix, fraction: float = 0.9) -> int:
     _validate.real("fraction", fraction, 0, 1, open_min=True)
     curve = energy_retained(singular_values(matrix))  # singular_values checks that matrix is a 2-D array of numbers
     return int(np.searchsorted(curve, fraction - 1e-12) + 1)
+
+
+def full_rank_layers(model: nn.Module, r: int, target_modules=None) -> list[str]:
+    """The layers among ``target_modules`` (default: the model's ``linear_targets``) on which rank ``r`` is full
+    rank, ``r ≥ min(out, in)``: there ``ΔW = s B A`` can be any matrix, so LoRA is full fine-tuning of that
+    weight written as a product (a reparametrisation, not a low-rank update).
+    See notebook 06_rank_and_alpha_explorer."""
+    r = _validate.integer("r", r, 1)
+    frozen_linear_stack(model, target_modules)  # checks the model and the names
+    target_modules = tuple(model.linear_targets if target_modules is None else target_modules)
+    return [name for name in target_modules if r >= min(model.get_submodule(name).weight.shape)]

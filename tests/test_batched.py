@@ -159,3 +159,58 @@ def test_bad_input_to_the_model_functions(mlp, task):
         batched.run_lora_grid(mlp, task, scaling_rules=())
     with pytest.raises(ValueError, match="pairs must be a non-empty list of \\(alpha, lr\\)"):
         batched.compare_alpha_and_lr(mlp, task, [(1, 2, 3)])
+
+
+def test_full_batch_equals_full_finetuning_with_adamw(mlp, task):
+    from lora_edu import update_analysis
+    layers, _ = batched.frozen_linear_stack(mlp)
+    run = batched.train_full_batch(layers, task, [2e-3], 8, batch_size=32, eval_every=4, seed=3)
+    deltas, accuracy = update_analysis.full_finetuning_delta(mlp, task, steps=8, lr=2e-3, batch_size=32, seed=3)
+    assert run.val_accuracy[0] == pytest.approx(accuracy, abs=1e-9) and run.eval_steps == [0, 4, 8]
+    for position, name in enumerate(("fc1", "fc2")):
+        np.testing.assert_allclose(run.factors[position][0].numpy(), deltas[name], atol=1e-6)
+    together = batched.train_full_batch(layers, task, [1e-2, 2e-3], 8, batch_size=32, eval_every=4, seed=3)
+    np.testing.assert_allclose(together.val_loss[1], run.val_loss[0], rtol=1e-5)
+    assert not np.allclose(together.val_loss[0], together.val_loss[1])
+    assert torch.equal(layers[0][0], mlp.fc1.weight), "the frozen layers must not change"
+
+
+def test_learning_rate_sweep_shapes_lookups_and_runs(mlp, task):
+    lrs, seeds = (1e-3, 4e-3, 1.6e-2), (0, 1)
+    sweep = batched.sweep_learning_rates(mlp, task, ranks=(2, 4), learning_rates=lrs, seeds=seeds, steps=6,
+                                         batch_size=16, eval_every=3)
+    assert sweep.methods == (2, 4, "full") and sweep.val_loss.shape == (3, 3, 2, 3)
+    assert sweep.val_accuracy.shape == (3, 3, 2) and sweep.eval_steps == [0, 3, 6]
+    layers, positions = batched.frozen_linear_stack(mlp)
+    lora = batched.train_lora_batch(layers, positions, task, 4, [2.0] * 3, lrs, 6, batch_size=16, eval_every=3, seed=1)
+    np.testing.assert_allclose(sweep.val_loss[1, :, 1], lora.val_loss, rtol=1e-6)  # α = 2r: s = 2
+    full = batched.train_full_batch(layers, task, lrs, 6, batch_size=16, eval_every=3, seed=0)
+    np.testing.assert_allclose(sweep.val_loss[2, :, 0], full.val_loss, rtol=1e-6)
+    for method in sweep.methods:
+        final = sweep.final_loss(method)
+        assert final.shape == (3, 2)
+        np.testing.assert_array_equal(sweep.best_loss(method), final.min(axis=0))
+        np.testing.assert_array_equal(sweep.best_lr(method), np.array(lrs)[final.argmin(axis=0)])
+        assert sweep.best_is_interior(method) == bool(np.all(final.argmin(axis=0) == 1))
+        assert np.all((0 <= sweep.best_accuracy(method)) & (sweep.best_accuracy(method) <= 1))
+    only_lora = batched.sweep_learning_rates(mlp, task, ranks=(2,), learning_rates=lrs, seeds=(0,), steps=2,
+                                             batch_size=16, full=False)
+    assert only_lora.methods == (2,)
+    with pytest.raises(ValueError, match="method='full' is not allowed; allowed values: 2"):
+        only_lora.final_loss("full")
+
+
+def test_bad_input_to_the_sweep(mlp, task):
+    layers, _ = batched.frozen_linear_stack(mlp)
+    with pytest.raises(ValueError, match="alpha_rule='4r' is not allowed"):
+        batched.sweep_learning_rates(mlp, task, alpha_rule="4r")
+    with pytest.raises(ValueError, match="scaling_rule='alpha' is not allowed"):
+        batched.sweep_learning_rates(mlp, task, scaling_rule="alpha")
+    with pytest.raises(TypeError, match="full must be True or False"):
+        batched.sweep_learning_rates(mlp, task, full=1)
+    with pytest.raises(ValueError, match="seeds must not repeat"):
+        batched.sweep_learning_rates(mlp, task, seeds=(0, 0))
+    with pytest.raises(ValueError, match="learning_rates must be"):
+        batched.train_full_batch(layers, task, [0.0], 2)
+    with pytest.raises(TypeError, match="data must have tensors x_train, y_train, x_val, y_val; x_train is missing"):
+        batched.train_full_batch(layers, object(), [1e-3], 2)

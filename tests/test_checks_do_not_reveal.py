@@ -81,6 +81,17 @@ def nb04_model():
     return model
 
 
+def nb06_sweep():
+    """An LRSweep like the notebook's: ranks 8 and 64 and full fine-tuning, 7 rates, 3 seeds, made-up losses whose
+    best rates are 0.032 (r = 8), 0.008 (r = 64) and 0.016 (full)."""
+    lrs = tuple(2e-3 * 2 ** i for i in range(7))
+    best = {8: 4, 64: 2, "full": 3}
+    loss = np.array([[[1.0 + abs(i - best[m]) + 0.01 * seed for seed in range(3)] for i in range(7)]
+                     for m in best])
+    return lora_edu.batched.LRSweep((8, 64, "full"), lrs, (0, 1, 2), "2r", "alpha/r", [0, 60],
+                                    np.stack([loss, loss], axis=-1), np.full((3, 7, 3), 0.5))
+
+
 def cases():
     m, noisy = nb01_inputs()
     u, s, vt = np.linalg.svd(m)
@@ -144,6 +155,7 @@ def cases():
         Case(nb06.check_loglog_slope, (RANKS, NORMS), float(np.polyfit(np.log(RANKS), np.log(NORMS), 1)[0])),
         Case(nb06.check_directions_for_energy, (update, 0.95), int(lora_edu.update_analysis.directions_for_energy(
             update, 0.95))),
+        Case(nb06.check_full_over_lora_lr, (nb06_sweep(),), 0.5, kwargs=dict(rank=8)),
     ]
 
 

@@ -77,3 +77,85 @@ def test_directions_for_energy():
     assert not sigma_sum and "σ², not σ" in sigma_sum.message
     assert "expected an int" in nb06.check_directions_for_energy(2.0, m, 0.9).message
     assert "between 1 and 4" in nb06.check_directions_for_energy(7, m, 0.9).message
+
+
+def scaling_solution(alpha, r, rule):
+    if rule == "alpha/r":
+        return alpha / r
+    if rule == "alpha/sqrt(r)":
+        return alpha / math.sqrt(r)
+    raise ValueError(f"rule must be 'alpha/r' or 'alpha/sqrt(r)', got {rule!r}")
+
+
+def test_scaling_function_solution_passes_and_stub_is_unanswered():
+    assert nb06.check_scaling_function(scaling_solution)
+    assert nb06.check_scaling_function(lambda alpha, r, rule: np.float32(scaling_solution(alpha, r, rule)))
+    assert nb06.check_scaling_function(lambda alpha, r, rule: None).passed is None
+    state = np.random.get_state()[1].copy()
+    nb06.check_scaling_function(scaling_solution)
+    assert np.array_equal(state, np.random.get_state()[1]), "the check must not move the learner's random numbers"
+
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (lambda alpha, r, rule: alpha / math.sqrt(r) if rule == "alpha/r" else alpha / r, "that is rsLoRA's α / √r"),
+    (lambda alpha, r, rule: alpha / r, "that is LoRA's α / r; rule 'alpha/sqrt(r)'"),
+    (lambda alpha, r, rule: alpha // r if rule == "alpha/r" else alpha / math.sqrt(r), "case 5"),
+    (lambda alpha, r, rule: r / alpha if rule == "alpha/r" else r ** 0.5 / alpha, "upside down"),
+    (lambda alpha, r, rule: alpha, "α alone"),
+    (lambda alpha, r, rule: alpha * r, "do not multiply"),
+    (lambda alpha, r, rule: alpha / r ** 2 if rule == "alpha/r" else alpha / math.sqrt(r), "divided by r²"),
+    (lambda alpha, r, rule: 1 / r if rule == "alpha/r" else 1 / math.sqrt(r), "α is missing"),
+    (lambda alpha, r, rule: alpha / r if rule == "alpha/r" else alpha / r ** 0.25, "it is not the α / √r"),
+    (lambda alpha, r, rule: alpha / r if rule == "alpha/r" else alpha / math.sqrt(r), "rule='alpha' returned a value"),
+    (lambda alpha, r, rule: scaling_solution(alpha, r, rule) if rule != "alpha" else 1 / 0, "ZeroDivisionError"),
+    (lambda alpha, r, rule: str(alpha / r), "expected a number"),
+    (lambda alpha, r: alpha / r, "raised TypeError"),
+    ("alpha / r", "expected a function"),
+])
+def test_scaling_function_mistakes_are_diagnosed(wrong, diagnosis):
+    result = nb06.check_scaling_function(wrong)
+    assert result.passed is False and diagnosis in result.message, result.message
+    assert "case" in result.message or "rule='alpha'" in result.message or "function" in result.message
+
+
+def test_scaling_function_names_the_failing_case_without_the_value():
+    wrong = nb06.check_scaling_function(lambda alpha, r, rule: alpha / math.sqrt(r) if rule == "alpha/r" else alpha / r)
+    assert "case 1 (alpha=16.0, r=8, rule='alpha/r')" in wrong.message and "too high" in wrong.message
+    assert "2.0" not in wrong.message.replace("alpha=16.0", "")  # 16 / 8 is not shown
+
+
+def test_scaling_function_refuses_lora_edus_own_function():
+    from lora_edu.scaling_rules import lora_scaling
+
+    def shortcut(alpha, r, rule):
+        return lora_scaling(alpha, r, rule)
+
+    result = nb06.check_scaling_function(shortcut)
+    assert result.passed is False and "write the formula yourself" in result.message
+
+
+class FakeSweep:
+    """The part of an LRSweep that Exercise 6 reads: best rates and best losses per seed."""
+    methods = (8, 64, "full")
+
+    def best_lr(self, method):
+        return np.array({8: [0.032, 0.032, 0.016], 64: [0.008, 0.008, 0.008], "full": [0.016, 0.016, 0.032]}[method])
+
+    def best_loss(self, method):
+        return np.array({8: [0.4, 0.5, 0.6], 64: [0.18, 0.19, 0.2], "full": [0.13, 0.15, 0.17]}[method])
+
+
+def test_full_over_lora_lr():
+    sweep = FakeSweep()
+    assert nb06.check_full_over_lora_lr(0.5, sweep, rank=8)
+    assert nb06.check_full_over_lora_lr(NOT_ANSWERED, sweep).passed is None
+    upside = nb06.check_full_over_lora_lr(2.0, sweep, rank=8)
+    assert not upside and "upside down" in upside.message and "too high" in upside.message
+    losses = nb06.check_full_over_lora_lr(0.3, sweep, rank=8)
+    assert not losses and "ratio of the best losses" in losses.message
+    assert "rank 64" in nb06.check_full_over_lora_lr(2.0, FakeSweepFlip(), rank=8).message
+
+
+class FakeSweepFlip(FakeSweep):
+    def best_lr(self, method):
+        return np.array({8: [0.004] * 3, 64: [0.008] * 3, "full": [0.016] * 3}[method])

@@ -113,3 +113,52 @@ def test_bad_input_to_the_model_functions(mlp, task):
         update_analysis.lora_gradient_norms_at_init(mlp, task, target_modules=["fc3"])
     with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         update_analysis.full_finetuning_delta(mlp, task, lr=0)
+
+
+def test_first_step_loss_drop_is_proportional_to_the_update_at_one_rank(mlp, task):
+    ranks = (1, 4, 16)
+    norms, drops = update_analysis.lora_first_step(mlp, task, ranks, alpha_rule="fixed", fixed_alpha=4)
+    np.testing.assert_allclose(norms, update_analysis.lora_first_step_norms(mlp, task, ranks, fixed_alpha=4))
+    norms_2r, drops_2r = update_analysis.lora_first_step(mlp, task, ranks, alpha_rule="2r")
+    assert np.all(drops > 0) and np.all(drops_2r > 0)
+    # the same rank, another s: Adam's first step has the same direction, so drop / ‖ΔW‖ is the same
+    np.testing.assert_allclose(drops / norms, drops_2r / norms_2r, rtol=0.02)
+
+
+def test_scaling_alpha_by_c_is_scaling_the_learning_rate_of_b_by_c(mlp, task):
+    def run(alpha, lr_a, lr_b, eps=1e-8):
+        return update_analysis.train_lora_two_learning_rates(mlp, task, 4, alpha, lr_a, lr_b, steps=12,
+                                                             batch_size=64, eps=eps)
+    c, alpha, lr = 3, 4, 2e-3
+    scaled, faster_b, faster_both = run(c * alpha, lr, lr), run(alpha, lr, c * lr), run(alpha, c * lr, c * lr)
+    assert scaled.val_loss.shape == (13,)
+    np.testing.assert_allclose(scaled.val_loss, faster_b.val_loss, rtol=1e-5)
+    for name in ("fc1", "fc2"):
+        largest = float(scaled.delta_weights[name].abs().max())  # entries with tiny gradients feel ε, not ε/c
+        assert float((scaled.delta_weights[name] - faster_b.delta_weights[name]).abs().max()) < 1e-3 * largest
+    assert np.abs(scaled.val_loss - faster_both.val_loss).max() > 100 * np.abs(scaled.val_loss - faster_b.val_loss).max()
+    big_eps = np.abs(run(c * alpha, lr, lr, 1e-2).val_loss - run(alpha, lr, c * lr, 1e-2).val_loss).max()
+    assert big_eps > 100 * np.abs(scaled.val_loss - faster_b.val_loss).max(), "a large ε breaks the equivalence"
+    # one learning rate for both: torch's Adam on real LoRA layers equals the batched hand-written Adam
+    from lora_edu import batched
+    same = batched.compare_alpha_and_lr(mlp, task, [(alpha, lr)], r=4, steps=12, batch_size=64)[(alpha, lr)]
+    np.testing.assert_allclose(run(alpha, lr, lr).val_loss, same, rtol=1e-5)
+
+
+def test_full_rank_layers(mlp):
+    assert update_analysis.full_rank_layers(mlp, 8) == []
+    assert update_analysis.full_rank_layers(mlp, 32) == ["fc1", "fc2"]  # fc1 is 32 x 64, fc2 32 x 32
+    assert update_analysis.full_rank_layers(mlp, 32, target_modules=["fc2"]) == ["fc2"]
+    with pytest.raises(ValueError, match="r must be an int >= 1, got 0"):
+        update_analysis.full_rank_layers(mlp, 0)
+    with pytest.raises(ValueError, match="each of target_modules='fc3' is not allowed"):
+        update_analysis.full_rank_layers(mlp, 4, target_modules=["fc3"])
+
+
+def test_bad_input_to_the_two_rate_run(mlp, task):
+    with pytest.raises(ValueError, match="lr_B must be a finite number > 0"):
+        update_analysis.train_lora_two_learning_rates(mlp, task, 4, 8, 1e-3, -1e-3)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        update_analysis.train_lora_two_learning_rates(mlp, task, 4, 8, 1e-3, 1e-3, eps=-1)
+    with pytest.raises(ValueError, match="r must be an int >= 1"):
+        update_analysis.train_lora_two_learning_rates(mlp, task, 0, 8, 1e-3, 1e-3)

@@ -1,6 +1,7 @@
 """Checks for the exercises of notebook 06_rank_and_alpha_explorer, with a hint for the usual mistakes (the two
 scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope fitted without logarithms, the theory
-value or the whole np.polyfit result given as the slope)."""
+value or the whole np.polyfit result given as the slope), a scaling rule built by hand, and a learning-rate ratio
+read off the notebook's own sweep."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import math
 import numpy as np
 
 from ..checks import (REVEAL, CheckResult, as_numbers, check_int, check_value, exercise, failed, hint_for_mistake,
-                      how_far, revealed)
-from ..scaling_rules import lora_scaling
+                      how_far, not_answered, passed, revealed)
+from ..scaling_rules import SCALING_RULES, lora_scaling
 from ..update_analysis import directions_for_energy, loglog_slope
 
 
@@ -98,3 +99,88 @@ def check_directions_for_energy(name, answer, matrix, fraction: float) -> CheckR
         (expected - 1, "np.argmax gives a 0-based index: count the directions up to and including the first "
                        "whose cumulative share reaches the fraction."),
     ], rtol=0)
+
+
+def _scaling_cases() -> list[tuple[float, int, str]]:
+    """(α, r, rule) cases for the build-it check: fixed easy ones first, then random ones from a private
+    generator (the learner's random state is not touched)."""
+    rng = np.random.default_rng(6)
+    cases = [(16.0, 8, "alpha/r"), (16.0, 64, "alpha/sqrt(r)"), (8.0, 1, "alpha/sqrt(r)"), (32.0, 16, "alpha/r")]
+    for _ in range(12):
+        cases.append((round(float(rng.uniform(0.5, 64.0)), 2), int(rng.integers(2, 257)),
+                      SCALING_RULES[int(rng.integers(0, 2))]))
+    return cases
+
+
+def _scaling_diagnosis(got: float, alpha: float, r: int, rule: str) -> str:
+    """Which usual slip a wrong scaling shows (without showing the right value)."""
+    other = ("that is rsLoRA's α / √r; rule 'alpha/r' is LoRA's α / r" if rule == "alpha/r" else
+             "that is LoRA's α / r; rule 'alpha/sqrt(r)' is rsLoRA's α / √r")
+    slips = [(alpha / math.sqrt(r) if rule == "alpha/r" else alpha / r, other),
+             (r / alpha, "upside down: the scale is α divided by r (or √r), not r / α"),
+             (alpha, "α alone: the scale divides α by the rank (r, or √r for rsLoRA)"),
+             (alpha * r, "α · r: divide by the rank, do not multiply"),
+             (alpha / r ** 2, "divided by r²: LoRA divides α by r once"),
+             (1 / r if rule == "alpha/r" else 1 / math.sqrt(r), "α is missing from the numerator")]
+    for value, hint in slips:
+        if math.isclose(got, value, rel_tol=1e-6):
+            return hint
+    return f"it is not the {'α / r' if rule == 'alpha/r' else 'α / √r'} this rule asks for"
+
+
+def check_scaling_function(function) -> CheckResult:
+    """Exercise 5 (build it): ``function(alpha, r, rule)`` must return LoRA's scale, ``α / r`` for
+    ``rule="alpha/r"`` and ``α / √r`` for ``rule="alpha/sqrt(r)"``, equal to `lora_edu.scaling_rules.lora_scaling`
+    (relative 1e-6, so float32 passes) on 16 cases (4 fixed, 12 random), and raise ``ValueError`` for any other rule. Calling
+    lora_edu's own ``lora_scaling`` is refused: the exercise is to write the formula."""
+    name = "Exercise 5"
+    if function is REVEAL:
+        return revealed(name, "if rule == 'alpha/r': return alpha / r; if rule == 'alpha/sqrt(r)': return "
+                              "alpha / math.sqrt(r); otherwise raise ValueError(...)")
+    if not callable(function):
+        return failed(name, f"expected a function scaling(alpha, r, rule), got {type(function).__name__}.")
+    code = getattr(function, "__code__", None)
+    if code is not None and "lora_scaling" in code.co_names + code.co_freevars:
+        return failed(name, "it calls lora_edu's lora_scaling: write the formula yourself (that function is what "
+                            "the check compares against).")
+    for number, (alpha, r, rule) in enumerate(_scaling_cases(), start=1):
+        expected = lora_scaling(alpha, r, rule)
+        try:
+            got = function(alpha, r, rule)
+        except Exception as error:  # the learner's code: report whatever it raised
+            return failed(name, f"case {number} (alpha={alpha}, r={r}, rule={rule!r}) raised "
+                                f"{type(error).__name__}: {error}")
+        if got is None and number == 1:
+            return not_answered(name)
+        if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
+            return failed(name, f"case {number}: expected a number, got {type(got).__name__}.")
+        if not math.isclose(float(got), expected, rel_tol=1e-6):  # float32 results pass too
+            return failed(name, f"case {number} (alpha={alpha}, r={r}, rule={rule!r}) is {how_far(float(got), expected)}"
+                                f": {_scaling_diagnosis(float(got), alpha, r, rule)}.")
+    try:
+        function(16.0, 8, "alpha")
+    except ValueError:
+        pass
+    except Exception as error:
+        return failed(name, f"rule='alpha' raised {type(error).__name__}; it should raise ValueError naming the "
+                            f"allowed rules.")
+    else:
+        return failed(name, "every allowed case is right, but rule='alpha' returned a value: an unknown rule must "
+                            "raise ValueError naming the allowed rules ('alpha/r', 'alpha/sqrt(r)').")
+    return passed(name, "correct: equal to lora_scaling on all 16 cases, and an unknown rule raises ValueError.")
+
+
+@exercise("Exercise 6")
+def check_full_over_lora_lr(name, answer, sweep, rank: int = 8) -> CheckResult:
+    """Exercise 6 (the notebook's own sweep): the median over seeds of full fine-tuning's best learning rate,
+    divided by the median of LoRA's at ``rank`` (``sweep``: a `lora_edu.batched.LRSweep`)."""
+    full, lora = float(np.median(sweep.best_lr("full"))), float(np.median(sweep.best_lr(rank)))
+    largest = max(m for m in sweep.methods if m != "full")
+    result = check_value(name, answer, full / lora, rtol=1e-6, what="ratio")
+    return hint_for_mistake(result, answer, [
+        (lora / full, "upside down: full fine-tuning's best rate goes on top."),
+        (float(np.median(sweep.best_loss("full")) / np.median(sweep.best_loss(rank))),
+         "that is a ratio of the best losses; the question asks about the best learning rates."),
+        (full / float(np.median(sweep.best_lr(largest))), f"that uses rank {largest}; the question asks about rank "
+                                                           f"{rank}."),
+    ])
