@@ -155,6 +155,10 @@ class RunningNotebook:
         # Busy first, then idle again: otherwise "idle" could be the state before the run started.
         expect(self.page.locator("#jp-main-statusbar")).to_contain_text("Busy", timeout=30_000)
         self.wait_idle()
+        # The kernel can look idle between two cells; a slider moved then would wait behind the cells still
+        # queued. Done means no input prompt shows [*] any more.
+        expect(self.page.locator(".jp-InputPrompt", has_text="[*]")).to_have_count(0, timeout=RUN_ALL_TIMEOUT_MS)
+        self.wait_idle()
         errors = self.page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = self.page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
         assert tracebacks.count() == 0, f"{self.name} raised while running:\n{tracebacks.first.inner_text()[:2000]}"
