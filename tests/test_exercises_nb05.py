@@ -121,7 +121,7 @@ def test_adapter_block_solution_passes_and_stub_is_unanswered():
 
 @pytest.mark.parametrize("make, diagnosis", [
     (lambda d, m: Adapter(d, m, zero=False), "not zero at initialisation"),
-    (lambda d, m: Adapter(d, m, residual=False), "not zero at initialisation"),  # returns 0, not h, at the start
+    (lambda d, m: Adapter(d, m, residual=False), "the residual is missing"),  # returns 0, not h, at the start
     (lambda d, m: Adapter(d, m, act=lambda t: t), "nonlinearity is missing"),
     (lambda d, m: Adapter(d, m, act=torch.relu), "ReLU"),
     (lambda d, m: Adapter(d, m, act_after_up=True), "after up"),

@@ -175,6 +175,9 @@ def _run_adapter_cases(name: str, function) -> CheckResult:
         if not isinstance(start, torch.Tensor) or tuple(start.shape) != shape:
             got = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
             return failed(name, f"{case}: wrong shape: the output is {got}; it should have h's shape {shape}.")
+        if not torch.allclose(start, h, atol=1e-6) and torch.allclose(start, torch.zeros_like(h), atol=1e-6):
+            return failed(name, f"{case}: at initialisation the block returns zeros, not h: the residual is missing "
+                                f"(return h + up(gelu(down(h))), so that a new block passes h through unchanged).")
         if not torch.allclose(start, h, atol=1e-6):
             return failed(name, f"{case}: not zero at initialisation: a new block must return h unchanged; start "
                                 f"up's weight and bias at zero (nn.init.zeros_), so the model begins as the base model.")
