@@ -2,7 +2,8 @@
 
 Explained in notebook 05_finetuning_strategies_compared. The loop trains whatever parameters have
 ``requires_grad=True`` (so the strategy decides what learns) with AdamW, and records per step the training
-loss and the wall time (see `TrainingResult` for the memory it measures).
+loss and the wall time (see `TrainingResult` for the memory it measures). `sweep_learning_rates` runs it
+over a grid of learning rates and then over seeds at the best rate, for a fair comparison of strategies.
 
 The progress bar (tqdm) is shown in a terminal and in a kernel started by a Jupyter server; it is off
 when ``LORA_EDU_QUIET`` or ``PYTEST_CURRENT_TEST`` is set, and whenever output goes neither to a
@@ -223,3 +224,82 @@ def train(model: nn.Module, next_batch: Callable[[int], tuple], steps: int, lr: 
     run_evaluation(steps)
     model.eval()
     return result
+
+
+@dataclass
+class LearningRateSweep:
+    """What `sweep_learning_rates` ran: every learning rate at ``seeds[0]``, then the best one at every seed.
+
+    ``runs[(lr, seed)]``: ``(model, TrainingResult)``; ``scores[i]``: the final ``score`` (an evaluation
+    name, e.g. a validation loss) of ``learning_rates[i]`` at ``seeds[0]``; ``best_lr``: the best of them.
+    See notebook 05_finetuning_strategies_compared.
+    """
+
+    learning_rates: tuple[float, ...]
+    seeds: tuple[int, ...]
+    score: str
+    lower_is_better: bool
+    scores: list[float]
+    best_lr: float
+    runs: dict = field(repr=False)
+
+    @property
+    def best_at_edge(self) -> bool:
+        """True when the best rate is the smallest or the largest of the grid: widen the grid then."""
+        return self.best_lr in (self.learning_rates[0], self.learning_rates[-1])
+
+    def best_runs(self) -> list[tuple]:
+        """``(model, TrainingResult)`` of the best rate, one per seed, in the order of ``seeds``."""
+        return [self.runs[self.best_lr, seed] for seed in self.seeds]
+
+    def finals(self, name: str) -> list[float]:
+        """The final value of evaluation ``name`` at the best rate, one per seed."""
+        return [result.final(name) for _, result in self.best_runs()]
+
+    def mean(self, name: str) -> float:
+        return statistics.fmean(self.finals(name))
+
+    def spread(self, name: str) -> float:
+        """max − min of the final ``name`` over the seeds at the best rate."""
+        values = self.finals(name)
+        return max(values) - min(values)
+
+    def curves(self, name: str) -> list[list[float]]:
+        """Evaluation ``name`` at every evaluation step, one list per seed, at the best rate."""
+        return [result.evaluations[name] for _, result in self.best_runs()]
+
+
+def sweep_learning_rates(fine_tune: Callable[[float, int], tuple], learning_rates, seeds=(0, 1, 2), *,
+                         score: str, lower_is_better: bool = True) -> LearningRateSweep:
+    """A learning-rate sweep, then seeds: ``fine_tune(lr, seed) -> (model, TrainingResult)`` runs once per
+    rate at ``seeds[0]``; the rate whose final ``score`` (an evaluation of the result, on data the comparison
+    does not report: a validation split) is lowest (highest with ``lower_is_better=False``) is the best, and
+    runs again at each other seed. Cost: ``len(learning_rates) + len(seeds) - 1`` runs.
+
+    ``learning_rates``: at least 3, increasing (a log grid, e.g. ``1e-3, 3e-3, 1e-2, ...``), so that a best
+    rate inside the grid (`LearningRateSweep.best_at_edge` False) is a real optimum of the grid.
+    See notebook 05_finetuning_strategies_compared.
+    """
+    if not callable(fine_tune):
+        raise TypeError(f"fine_tune must be a callable (lr, seed) -> (model, TrainingResult), "
+                        f"got {type(fine_tune).__name__}")
+    learning_rates = _validate.positives("learning_rates", learning_rates)
+    if len(learning_rates) < 3 or list(learning_rates) != sorted(set(learning_rates)):
+        raise ValueError(f"learning_rates must be at least 3 increasing values (a grid with an inside), "
+                         f"got {learning_rates!r}")
+    seeds = _validate.integers("seeds", seeds, 0)
+    _validate.instance("score", score, str, "the name of an evaluation, e.g. 'validation loss'")
+    _validate.boolean("lower_is_better", lower_is_better)
+    runs = {}
+    for lr in learning_rates:
+        runs[lr, seeds[0]] = fine_tune(lr, seeds[0])
+        evaluations = runs[lr, seeds[0]][1].evaluations
+        if score not in evaluations:
+            raise ValueError(f"score={score!r} is not an evaluation of the runs; allowed values: "
+                             f"{', '.join(evaluations) or 'none (pass evaluate= to train)'}")
+    scores = [runs[lr, seeds[0]][1].final(score) for lr in learning_rates]
+    pick = min if lower_is_better else max
+    best = learning_rates[scores.index(pick(scores))]
+    for seed in seeds[1:]:
+        runs[best, seed] = fine_tune(best, seed)
+    return LearningRateSweep(learning_rates, seeds, score, lower_is_better, scores, best, runs)

@@ -1,4 +1,6 @@
 """Tests of the exercise checks of notebook 05: right answers pass, wrong ones say what is wrong."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,106 @@ def test_exercise_1_accepts_a_zero_dimensional_tensor_and_rejects_non_finite():
     assert nb05.check_lora_layer_parameters(torch.tensor([640]), 256, 64, 2).passed is False
     result = nb05.check_lora_layer_parameters(float("nan"), 256, 64, 2)
     assert result.passed is False and "NaN or infinity" in result.message
+
+
+class Adapter(torch.nn.Module):
+    """The solution of exercise 5, with switches for the usual slips."""
+
+    def __init__(self, d, m, zero=True, residual=True, act=torch.nn.functional.gelu, act_after_up=False):
+        super().__init__()
+        self.down, self.up = torch.nn.Linear(d, m), torch.nn.Linear(m, d)
+        if zero:
+            torch.nn.init.zeros_(self.up.weight), torch.nn.init.zeros_(self.up.bias)
+        self.residual, self.act, self.act_after_up = residual, act, act_after_up
+
+    def forward(self, h):
+        out = self.act(self.up(self.down(h))) if self.act_after_up else self.up(self.act(self.down(h)))
+        return h + out if self.residual else out
+
+
+def test_adapter_block_solution_passes_and_stub_is_unanswered():
+    result = nb05.check_adapter_block(lambda d, m: Adapter(d, m))
+    assert result.passed, result.message
+    assert nb05.check_adapter_block(lambda d, m: None).passed is None
+    assert nb05.check_adapter_block(...).passed is None
+    state = torch.random.get_rng_state()
+    nb05.check_adapter_block(lambda d, m: Adapter(d, m))
+    assert torch.equal(state, torch.random.get_rng_state()), "the check must not move the learner's random numbers"
+
+
+@pytest.mark.parametrize("make, diagnosis", [
+    (lambda d, m: Adapter(d, m, zero=False), "not zero at initialisation"),
+    (lambda d, m: Adapter(d, m, residual=False), "the residual is missing"),  # returns 0, not h, at the start
+    (lambda d, m: Adapter(d, m, act=lambda t: t), "nonlinearity is missing"),
+    (lambda d, m: Adapter(d, m, act=torch.relu), "ReLU"),
+    (lambda d, m: Adapter(d, m, act_after_up=True), "after up"),
+    (lambda d, m: Adapter(m, d), "wrong shape: down maps"),
+    (lambda d, m: torch.nn.Linear(d, d), "needs an attribute 'down'"),
+    (lambda d, m: 1 / 0, "ZeroDivisionError"),
+    (lambda d, m: "adapter", "expected an nn.Module"),
+])
+def test_adapter_block_mistakes_are_diagnosed(make, diagnosis):
+    result = nb05.check_adapter_block(make)
+    assert result.passed is False and diagnosis in result.message, result.message
+    assert "case 1" in result.message  # the failing case is named
+
+
+def test_adapter_block_no_residual_with_trained_weights_is_named():
+    class LateResidual(Adapter):  # right at the start, drops the residual once the weights are not zero
+        def forward(self, h):
+            out = self.up(torch.nn.functional.gelu(self.down(h)))
+            return h + out if torch.count_nonzero(self.up.weight) == 0 else out
+    result = nb05.check_adapter_block(lambda d, m: LateResidual(d, m))
+    assert result.passed is False and "residual is missing" in result.message, result.message
+
+
+def test_adapter_block_extra_trainable_numbers_and_shapes():
+    class Extra(Adapter):
+        def __init__(self, d, m):
+            super().__init__(d, m)
+            self.gain = torch.nn.Parameter(torch.ones(d))
+    assert "numbers train" in nb05.check_adapter_block(lambda d, m: Extra(d, m)).message
+    class Flat(Adapter):
+        def forward(self, h):
+            return super().forward(h).reshape(-1)
+    result = nb05.check_adapter_block(lambda d, m: Flat(d, m))
+    assert result.passed is False and "wrong shape" in result.message
+    assert "not callable" not in nb05.check_adapter_block(3).message and nb05.check_adapter_block(3).passed is False
+
+
+def test_adapter_block_agrees_with_the_strategy_on_a_real_model():
+    """The solution's block, given the weights of apply_strategy's adapters, gives the same GPT logits."""
+    torch.manual_seed(0)
+    adapted = strategies.apply_strategy(models.TinyGPT(), "adapters", bottleneck=8)
+    with torch.no_grad():
+        for p in adapted.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # move the adapters off their start
+    rebuilt = copy.deepcopy(adapted)
+    for block in rebuilt.blocks:
+        for sub in ("attn", "mlp"):
+            wrapper = getattr(block, sub)
+            mine = Adapter(64, 8)
+            mine.load_state_dict({k: v for k, v in wrapper.state_dict().items() if k.startswith(("down.", "up."))})
+            setattr(block, sub, torch.nn.Sequential(wrapper.sublayer, mine))
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(ids), adapted(ids), atol=1e-5)
+
+
+FINALS = {("rotated", "full"): [0.964, 0.968, 0.972], ("rotated", "lora"): [0.830, 0.838, 0.891],
+          ("mirrored", "full"): [0.967, 0.969, 0.981], ("mirrored", "lora"): [0.961, 0.965, 0.969]}
+
+
+def test_gap_to_full_reads_the_sweep():
+    right = np.mean(FINALS["rotated", "full"]) - np.mean(FINALS["rotated", "lora"])
+    assert nb05.check_gap_to_full(right, FINALS, "rotated")
+    assert nb05.check_gap_to_full(round(right, 3), FINALS, "rotated")
+    assert nb05.check_gap_to_full(..., FINALS, "rotated").passed is None
+    flipped = nb05.check_gap_to_full(-right, FINALS, "rotated")
+    assert not flipped and "sign is flipped" in flipped.message
+    percent = nb05.check_gap_to_full(100 * right, FINALS, "rotated")
+    assert not percent and "percentage points" in percent.message
+    seed0 = nb05.check_gap_to_full(0.964 - 0.830, FINALS, "rotated")
+    assert not seed0 and "seed 0 only" in seed0.message
+    other_shift = nb05.check_gap_to_full(right, FINALS, "mirrored")
+    assert not other_shift and f"{right:.3f}" not in other_shift.message

@@ -130,3 +130,55 @@ def test_evaluate_loss_rejects_empty_input():
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         training.evaluate_loss(model, torch.zeros(2, 64), torch.zeros(2, dtype=torch.long), batch_size=0)
 
+
+
+def sweep_toy(calls):
+    x, y = toy_problem()
+
+    def fine_tune(lr, seed):
+        calls.append((lr, seed))
+        torch.manual_seed(seed)
+        model = strategies.apply_strategy(models.DigitsMLP(hidden=16), "full")
+        result = training.train(model, lambda step: (x, y), 15, lr, progress=False,
+                                evaluate=lambda m: {"loss": training.evaluate_loss(m, x, y),
+                                                    "accuracy": training.evaluate_accuracy(m, x, y)})
+        return model, result
+    return fine_tune
+
+
+def test_sweep_runs_every_rate_then_the_best_at_every_seed():
+    calls = []
+    grid = (1e-5, 1e-2, 100.0)  # far too small, reasonable, far too large
+    sweep = training.sweep_learning_rates(sweep_toy(calls), grid, seeds=(0, 4, 7), score="loss")
+    assert calls == [(lr, 0) for lr in grid] + [(1e-2, 4), (1e-2, 7)]
+    assert sweep.best_lr == 1e-2 and not sweep.best_at_edge
+    assert sweep.scores == [sweep.runs[lr, 0][1].final("loss") for lr in grid]
+    assert sweep.scores[1] == min(sweep.scores)
+    finals = sweep.finals("accuracy")
+    assert len(finals) == 3 and sweep.spread("accuracy") == max(finals) - min(finals)
+    assert math.isclose(sweep.mean("accuracy"), sum(finals) / 3)
+    assert [len(c) for c in sweep.curves("loss")] == [2, 2, 2]  # before and after training
+    assert [m for m, _ in sweep.best_runs()] == [sweep.runs[1e-2, s][0] for s in (0, 4, 7)]
+
+
+def test_sweep_higher_is_better_and_the_edge_is_reported():
+    sweep = training.sweep_learning_rates(sweep_toy([]), (1e-6, 1e-5, 1e-4), seeds=(0,), score="loss")
+    assert sweep.best_lr == 1e-4 and sweep.best_at_edge  # still improving at the largest rate: widen the grid
+    worst = training.sweep_learning_rates(sweep_toy([]), (1e-6, 1e-5, 1e-4), seeds=(0,), score="loss",
+                                          lower_is_better=False)
+    assert worst.best_lr == 1e-6
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(learning_rates=(1e-3, 1e-2)), ValueError, "at least 3 increasing"),
+    (dict(learning_rates=(1e-2, 1e-3, 1e-1)), ValueError, "at least 3 increasing"),
+    (dict(learning_rates=(1e-3, 0, 1e-1)), ValueError, "each of learning_rates"),
+    (dict(seeds=()), ValueError, "seeds must be a non-empty list"),
+    (dict(seeds=(0, 0)), ValueError, "seeds must not repeat"),
+    (dict(score="accuracy on test"), ValueError, "score='accuracy on test' is not an evaluation"),
+    (dict(fine_tune=3), TypeError, "fine_tune must be a callable"),
+])
+def test_sweep_rejects_bad_input(kwargs, error, match):
+    arguments = dict(fine_tune=sweep_toy([]), learning_rates=(1e-3, 1e-2, 1e-1), seeds=(0, 1), score="loss")
+    with pytest.raises(error, match=match):
+        training.sweep_learning_rates(**{**arguments, **kwargs})
