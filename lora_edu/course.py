@@ -28,7 +28,7 @@ COURSE_MAP: list[tuple[str, str, str]] = [  # (file stem, title, what the learne
 ]
 
 
-FIRST_COMING = "08_lora_with_peft"  # from here on, the notebooks are still to be written
+FIRST_COMING = "09_what_lora_learns"  # from here on, the notebooks are still to be written
 
 
 def course_status() -> list[tuple[str, str, str, bool]]:

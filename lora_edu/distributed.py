@@ -28,7 +28,7 @@ from .hf_model import TINY_LLAMA_DIR, lm_loss, load_tiny_llama
 
 __all__ = ["FINETUNE", "peft_config", "finetune", "main"]
 
-FINETUNE = {"steps": 20, "global_batch": 16, "context": 128, "lr": 3e-3, "seed": 0, "r": 8, "lora_alpha": 16,
+FINETUNE = {"steps": 30, "global_batch": 16, "context": 128, "lr": 3e-3, "seed": 0, "r": 8, "lora_alpha": 16,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
@@ -45,7 +45,8 @@ def finetune(steps: int = FINETUNE["steps"], global_batch: int = FINETUNE["globa
              lr: float = FINETUNE["lr"], seed: int = FINETUNE["seed"], model_path=TINY_LLAMA_DIR,
              accelerator=None) -> dict:
     """LoRA-fine-tune the tiny Llama on Python code for ``steps`` AdamW steps of ``global_batch`` windows of
-    ``FINETUNE['context']`` characters. ``accelerator``: an ``accelerate.Accelerator`` (data-parallel over its
+    ``FINETUNE['context']`` characters (AdamW without weight decay, gradients clipped to norm 1: the `transformers`
+    Trainer's defaults, at a constant rate). ``accelerator``: an ``accelerate.Accelerator`` (data-parallel over its
     processes; ``global_batch`` must divide by their number) or None (one process, no accelerate).
     Returns ``{"processes", "losses" (one per step, the global batch's mean), "seconds" (the training loop)}``."""
     from peft import get_peft_model
@@ -58,7 +59,8 @@ def finetune(steps: int = FINETUNE["steps"], global_batch: int = FINETUNE["globa
     torch.manual_seed(seed)  # the same adapter start on every process
     model = get_peft_model(model, peft_config())
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # the Trainer's defaults
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer)
     device = next(model.parameters()).device
@@ -71,10 +73,12 @@ def finetune(steps: int = FINETUNE["steps"], global_batch: int = FINETUNE["globa
         x, y = x.chunk(world)[rank].to(device), y.chunk(world)[rank].to(device)
         loss = lm_loss(model, x, y)
         if accelerator is not None:
-            accelerator.backward(loss)
+            accelerator.backward(loss)  # all-reduces the gradients: every process then holds their mean
+            accelerator.clip_grad_norm_(trainable, 1.0)
             loss = accelerator.reduce(loss.detach(), reduction="mean")
         else:
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
