@@ -73,7 +73,7 @@ def finetune(steps: int = FINETUNE["steps"], global_batch: int = FINETUNE["globa
         x, y = x.chunk(world)[rank].to(device), y.chunk(world)[rank].to(device)
         loss = lm_loss(model, x, y)
         if accelerator is not None:
-            accelerator.backward(loss)  # all-reduces the gradients: every process then holds their mean
+            accelerator.backward(loss)  # DDP all-reduces the gradients: every process then holds their mean
             accelerator.clip_grad_norm_(trainable, 1.0)
             loss = accelerator.reduce(loss.detach(), reduction="mean")
         else:
