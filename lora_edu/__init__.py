@@ -16,7 +16,16 @@
   intrinsic rank of a full fine-tuning update.
 - ``adapters`` (07): many adapters on one model: ``set_adapter``, ``disable_adapter``, ``delete_adapter`` and
   mixed batches (``per_example_adapters``).
+- ``quantization`` (10): 4-bit blockwise quantization from scratch (QLoRA's NF4, int4, FP4), byte-equal to
+  bitsandbytes.
 """
+import logging as _logging
+
+# `import peft` imports bitsandbytes where it is installed, and on some CPUs bitsandbytes logs a warning at import
+# ("Failed to load CPU gemm_4bit_forward from kernels-community") that would land in a notebook cell's stderr.
+# Every notebook imports lora_edu first, so this one line keeps them all quiet.
+_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
+
 from . import checks, course, exercises  # noqa: F401  (lora_edu.exercises.nbNN in every notebook)
 from . import counting, linalg  # noqa: F401  (notebooks 01-03)
 from .environment import (ALLOWED_DEVICES, DEVICE_ENV_VAR, environment_report, format_report,
@@ -29,5 +38,6 @@ from . import data, measure, models, strategies, training  # noqa: F401  (05; no
 from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05
 from . import batched, scaling_rules, update_analysis  # noqa: F401  (notebook 06)
 from .adapters import delete_adapter, disable_adapter, per_example_adapters, set_adapter  # notebook 07
+from . import quantization  # noqa: F401  (notebook 10)
 
 __version__ = "0.1.0"

@@ -88,6 +88,11 @@ def per_example_adapters(model: nn.Module, names):
         raise ValueError("per_example_adapters is for inference: call model.eval() first (dropout and "
                          "training would mix the examples' adapters)")
     refuse_if_merged(model, "before a mixed batch")
+    variants = sorted({n for layer in layers.values() for n, c in layer.lora_config.items()
+                       if n in names and (c.use_dora or c.init_lora_weights == "pissa")})
+    if variants:
+        raise ValueError(f"per_example_adapters runs plain LoRA branches; adapters {variants} are DoRA or PiSSA "
+                         "adapters (DoRA rescales the base output, PiSSA replaced the base weight)")
     if any(layer._per_example is not None for layer in layers.values()):
         raise ValueError("per_example_adapters is already active on this model; do not nest it")
     slots = list(dict.fromkeys(names))  # the distinct names of this batch

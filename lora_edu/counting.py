@@ -7,7 +7,7 @@ Explained in notebook 03_parameter_savings.
 - Whole models from their published shapes (`GPT2_SMALL`, `LLAMA_7B`, `GPT3_175B`): total parameters and the
   parameters LoRA trains when it adapts some of the linear layers.
 - Training memory (weights, gradients, Adam states) and checkpoint sizes, in fp32 and bf16 mixed precision.
-  Activations are not counted: they depend on batch size and sequence length, not on the method.
+  Activations are counted apart (`activation_bytes`): they grow with batch size and sequence length.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .linalg import check_rank
 __all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "TransformerShape", "GPT2_SMALL",
            "LLAMA_7B", "GPT3_175B", "PUBLISHED_MODELS", "linear_layer_shapes", "count_model_params",
            "lora_trainable_params", "BYTES_PER_VALUE", "PRECISIONS", "training_memory_bytes", "checkpoint_bytes",
-           "format_count", "format_bytes"]
+           "activation_bytes", "format_count", "format_bytes"]
 
 
 def full_params(d: int, k: int) -> int:
@@ -184,6 +184,24 @@ def checkpoint_bytes(params: int, dtype: str = "bf16") -> int:
     ``params · BYTES_PER_VALUE[dtype]``. See notebook 03_parameter_savings."""
     params = _validate.integer("params", params, 1)
     return params * BYTES_PER_VALUE[_validate.choice("dtype", dtype, BYTES_PER_VALUE)]
+
+
+def activation_bytes(shape: TransformerShape, n_heads: int, batch: int, seq_len: int) -> int:
+    """Bytes of the activations one training step keeps for the backward pass, for ``batch`` sequences of
+    ``seq_len`` tokens: ``n_layers · s·b·h·(34 + 5·a·s/h)`` with ``s = seq_len``, ``b = batch``, ``h = d_model``
+    and ``a = n_heads`` (Korthikanti et al. 2022, arXiv 2205.05198, Section 4.1, Eq. 1).
+
+    The formula's assumptions: 16-bit activations (1-byte dropout masks), a GPT-3-style block (attention, a
+    4·h GeLU MLP, two LayerNorms, dropout), the attention scores stored (no FlashAttention), no activation
+    checkpointing, no tensor or sequence parallelism. Embeddings and the output layer are left out. For
+    other blocks (LLaMA's SwiGLU MLP, no dropout) it is an estimate of the size, not an exact count.
+    See notebook 03_parameter_savings."""
+    s = _check_shape(shape)
+    a = _validate.integer("n_heads", n_heads, 1)
+    b = _validate.integer("batch", batch, 1)
+    seq = _validate.integer("seq_len", seq_len, 1)
+    per_layer = 34 * seq * b * s.d_model + 5 * a * seq * seq * b  # s·b·h·(34 + 5as/h), kept in integers
+    return s.n_layers * per_layer
 
 
 def format_count(n) -> str:

@@ -1,7 +1,8 @@
 """Low-rank linear algebra: rank, the SVD, the best rank-r approximation and rank-r factors.
 
 Explained in notebooks 01_rank_and_decomposition and 02_svd_and_low_rank_approximation.
-Everything here is plain NumPy on 2-D arrays (a torch tensor is accepted and converted).
+Everything here is plain NumPy on 2-D arrays (a torch tensor is accepted and converted), except
+`fit_lora_factors`, which trains the factors with PyTorch autograd as notebook 01's loop does.
 
 Naming follows LoRA: a ``d × k`` matrix ``W`` of rank ``r`` is stored as ``B @ A`` with
 ``B`` of shape ``(d, r)`` and ``A`` of shape ``(r, k)``, so it costs ``r·(d + k)`` numbers instead of ``d·k``.
@@ -13,7 +14,7 @@ import numpy as np
 from . import _validate
 
 __all__ = ["as_matrix", "check_rank", "singular_values", "numerical_rank", "best_rank_r_approximation",
-           "rank_r_factors", "fit_rank_r_factors", "random_subspace_approximation", "energy_retained",
+           "rank_r_factors", "fit_rank_r_factors", "fit_lora_factors", "random_subspace_approximation", "energy_retained",
            "truncation_error", "relative_error", "psnr", "load_sample_photo"]
 
 
@@ -104,13 +105,17 @@ def rank_r_factors(matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = None,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a ``(d, k)`` matrix ``W`` by plain gradient descent: how LoRA
-    learns its factors, in miniature (no SVD, only gradients).
+    """Fit ``B`` ``(d, r)`` and ``A`` ``(r, k)`` to a known ``(d, k)`` matrix ``W`` by full-batch gradient descent
+    (no SVD, only gradients).
 
     Minimises ``L = ½‖B A − W‖²_F``, whose gradients are ``∂L/∂B = (B A − W) Aᵀ`` and ``∂L/∂A = Bᵀ (B A − W)``,
-    from small random factors (NumPy generator seeded with ``seed``). The default step ``lr = 0.2 / σ₁(W)`` is
-    stable (a step so large that the loss blows up raises ``ValueError``). Returns ``(B, A, losses)``, ``losses``
-    (steps + 1,): the loss before each step and after the last. See notebook 01_rank_and_decomposition.
+    from small random factors, both nonzero (NumPy generator seeded with ``seed``). The default step
+    ``lr = 0.2 / σ₁(W)`` is stable (a step so large that the loss blows up raises ``ValueError``). Returns
+    ``(B, A, losses)``, ``losses`` (steps + 1,): the loss before each step and after the last.
+
+    Unlike LoRA (and `fit_lora_factors`) it sees the target matrix itself and starts with ``B ≠ 0``: it is the
+    gradient-descent competitor of the truncated SVD in notebook 02_svd_and_low_rank_approximation, where the
+    loss must be exactly ``½‖B A − W‖²_F`` for the comparison with Eckart–Young.
     """
     target = as_matrix(matrix)
     d, k = target.shape
@@ -135,6 +140,47 @@ def fit_rank_r_factors(matrix, r: int, steps: int = 2000, lr: float | None = Non
             if step < steps:  # both gradients at the old B and A
                 b, a = b - lr * (residual @ a.T), a - lr * (b.T @ residual)
     return b, a, losses
+
+
+def fit_lora_factors(matrix, r: int, steps: int = 800, lr: float = 0.01, batch: int = 32,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Learn ``lora_B`` ``(d, r)`` and ``lora_A`` ``(r, k)`` so that ``B A x`` matches ``y = W x``, started as LoRA
+    starts: the loop of notebook 01_rank_and_decomposition, kept here for later use.
+
+    ``W`` ``(d, k)`` is seen only through a task: each step draws a batch of inputs ``x ~ N(0, I_k)`` (shape
+    ``(batch, k)``), computes the targets ``y = x Wᵀ`` and the model's outputs ``x Aᵀ Bᵀ`` (LoRA's branch,
+    ``lora_B(lora_A(x))``, with scaling 1), and takes one SGD step on the loss
+    ``½ · mean over the batch of ‖B A x − W x‖²`` (its expectation is ``½‖B A − W‖²_F``).
+    ``B`` starts at zero and ``A`` uniform in ``±1/√k`` (PEFT's default Kaiming-uniform), so ``B A = 0`` at first.
+    Float64 on the CPU, random numbers from a ``torch.Generator`` seeded with ``seed`` (the global generator is
+    not touched; ``lora_edu.seed_everything(seed)`` before the notebook's loop draws the same numbers).
+    A step so large that the loss blows up raises ``ValueError``. Returns NumPy ``(B, A, losses)``, ``losses``
+    ``(steps,)``: the loss of each step's batch, before the step.
+    """
+    import torch
+
+    target = torch.from_numpy(as_matrix(matrix))
+    d, k = target.shape
+    r = check_rank(r, d, k)
+    steps = _validate.integer("steps", steps, 1)
+    lr = _validate.positive("lr", lr)
+    batch = _validate.integer("batch", batch, 1)
+    generator = torch.Generator().manual_seed(_validate.integer("seed", seed, 0))
+    lora_B = torch.zeros(d, r, dtype=torch.float64, requires_grad=True)
+    lora_A = ((torch.rand(r, k, dtype=torch.float64, generator=generator) * 2 - 1) / k**0.5).requires_grad_()
+    optimizer = torch.optim.SGD([lora_A, lora_B], lr=lr)
+    losses = np.empty(steps)
+    for step in range(steps):
+        x = torch.randn(batch, k, dtype=torch.float64, generator=generator)
+        loss = 0.5 * ((x @ lora_A.T @ lora_B.T - x @ target.T) ** 2).sum(dim=1).mean()
+        losses[step] = loss.item()
+        if not np.isfinite(losses[step]) or losses[step] > 1e6 * max(losses[0], 1e-300):
+            raise ValueError(f"lr = {lr:g} is too large: gradient descent diverged (the loss grew from "
+                             f"{losses[0]:.3g} to {losses[step]:.3g} by step {step}); use a smaller lr")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return lora_B.detach().numpy(), lora_A.detach().numpy(), losses
 
 
 def random_subspace_approximation(matrix, r: int, seed: int = 0) -> np.ndarray:

@@ -9,8 +9,9 @@ For a frozen ``W0`` (out_features, in_features) an adapter learns
 
 with ``scaling = lora_alpha / r`` (rsLoRA: ``lora_alpha / sqrt(r)``). ``B`` starts at zero, so ``ΔW = scaling B A
 = 0`` and the model starts exactly where it was. A layer holds adapters by name (``layer.lora_A["default"]``),
-one of them active; how an adapter starts, what its branch adds and what it merges are the three methods of a
-`LoraVariant` (plain LoRA here; notebook 10 adds others). A bad call raises TypeError/ValueError naming the
+one of them active; how an adapter starts, what its branch adds and what it merges are the methods of a
+`LoraVariant` (plain LoRA here; DoRA and PiSSA in ``lora_edu.variants``, notebook 10). The frozen layer may be
+an ``nn.Linear`` or a 4-bit ``lora_edu.quantization.Linear4bit`` (QLoRA, notebook 10). A bad call raises TypeError/ValueError naming the
 parameter and the allowed values, before anything changes.
 """
 from __future__ import annotations
@@ -25,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate
+from .quantization import Linear4bit
 
 __all__ = ["LoraConfig", "LoraVariant", "LoRALinear", "lora_scaling", "init_lora_A_", "add_lora",
            "find_target_modules", "lora_layers", "adapter_names", "active_adapter", "merge_lora", "unmerge_lora",
            "lora_state_dict", "BASE"]
 
+LINEAR_LAYERS = (nn.Linear, Linear4bit)  # what LoRA wraps: a plain linear layer or a frozen 4-bit one (QLoRA)
 BASE = "__base__"  # in per_example_adapters: this example runs the base model alone (PEFT's name)
 _ADDED = itertools.count()  # stamps every adapter a layer gets, in the order they are added
 
@@ -43,7 +46,9 @@ class LoraConfig:
     (``lora_alpha / sqrt(r)``, notebook 06), ``target_modules`` (for `add_lora`: a list of names, matching a
     module whose full name equals an entry or ends in ``"." + entry``, or a regular expression for the full
     name) and ``init_lora_weights``: ``True`` (A Kaiming-uniform, B zero), ``"gaussian"`` (A normal with std
-    1/r, B zero) or ``False`` (both random, as a fresh ``nn.Linear``: ΔW ≠ 0, for tests).
+    1/r, B zero), ``False`` (both random, as a fresh ``nn.Linear``: ΔW ≠ 0, for tests) or ``"pissa"`` (A and B
+    from W's top-r singular triplets, W replaced by the residual: notebook 10). ``use_dora``: DoRA's
+    magnitude and direction (notebook 10).
 
     Frozen: ``dataclasses.replace(config, r=16)`` makes a changed copy, checked again.
     See notebook 04_lora_from_scratch.
@@ -55,6 +60,7 @@ class LoraConfig:
     target_modules: list[str] | str | None = None
     use_rslora: bool = False
     init_lora_weights: bool | str = True
+    use_dora: bool = False
 
     def __post_init__(self):
         _validate.integer("r", self.r, 1, hint="(the rank, e.g. 1, 4 or 8)")
@@ -62,9 +68,13 @@ class LoraConfig:
         _validate.real("lora_dropout", self.lora_dropout, 0, 1, open_max=True, hint="(0 turns it off)",
                        tensors=False)
         _validate.boolean("use_rslora", self.use_rslora)
-        if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights == "gaussian"):
+        if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights in ("gaussian", "pissa")):
             raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not allowed; allowed values: "
-                             "True (A random, B zero), 'gaussian' (A normal, B zero), False (both random)")
+                             "True (A random, B zero), 'gaussian' (A normal, B zero), False (both random), "
+                             "'pissa' (A and B from W's top singular directions)")
+        _validate.boolean("use_dora", self.use_dora)
+        if self.use_dora and self.init_lora_weights == "pissa":
+            raise ValueError("use_dora=True with init_lora_weights='pissa' is not implemented here: choose one")
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", _check_target_modules(self.target_modules))
 
@@ -125,8 +135,13 @@ def init_lora_A_(tensor: torch.Tensor, generator: torch.Generator | None = None)
 # --- The variant seam: how an adapter starts, what its branch adds, what it merges ---
 
 class LoraVariant:
-    """Plain LoRA. A variant (DoRA, PiSSA, a quantized base: notebook 10) subclasses this and overrides
-    what differs; `LoRALinear` calls these three methods and nothing else about the math."""
+    """Plain LoRA. A variant (DoRA, PiSSA: notebook 10, ``lora_edu.variants``) subclasses this and overrides
+    what differs; `LoRALinear` calls these methods and nothing else about the math: ``check`` (before anything
+    changes), ``init``, ``forward``, ``delta_weight``, and ``merge``/``unmerge`` (which add and subtract
+    ``delta_weight`` here)."""
+
+    def check(self, layer: "LoRALinear", name: str, config: LoraConfig) -> None:
+        """Raise if this variant cannot be added to ``layer`` as it is (nothing is changed yet)."""
 
     def init(self, layer: "LoRALinear", name: str, config: LoraConfig) -> None:
         """Fill ``layer.lora_A[name]`` (r, in) and ``layer.lora_B[name]`` (out, r). Random numbers come from
@@ -157,9 +172,24 @@ class LoraVariant:
         b, a = layer.lora_B[name].to(compute), layer.lora_A[name].to(compute)
         return ((b @ a) * layer.scaling[name]).to(weight.dtype)
 
+    def merge(self, layer: "LoRALinear", name: str) -> None:
+        """``W0 ← W0 + ΔW``, in place."""
+        layer.base.weight.add_(self.delta_weight(layer, name))
+
+    def unmerge(self, layer: "LoRALinear", name: str) -> None:
+        """``W0 ← W0 - ΔW``, in place (the current ΔW: do not train while merged)."""
+        layer.base.weight.sub_(self.delta_weight(layer, name))
+
 
 def variant_for(config: LoraConfig) -> LoraVariant:
-    """The variant a config asks for (plain LoRA until notebook 10 adds others)."""
+    """The variant a config asks for: DoRA (``use_dora``), PiSSA (``init_lora_weights="pissa"``) or plain LoRA.
+    A fresh object per adapter (a variant may keep state, such as DoRA's norms while merged)."""
+    from . import variants  # noqa: PLC0415  (variants builds on this module)
+
+    if config.use_dora:
+        return variants.DoraVariant()
+    if config.init_lora_weights == "pissa":
+        return variants.PissaVariant()
     return LoraVariant()
 
 
@@ -190,13 +220,14 @@ class LoRALinear(nn.Module):
         if isinstance(base, LoRALinear):
             raise ValueError("base already is a LoRALinear: add another adapter with layer.add_adapter(name, "
                              "config), or pass the plain nn.Linear (layer.base)")
-        _validate.instance("base", base, nn.Linear, "a torch.nn.Linear")
+        _validate.instance("base", base, LINEAR_LAYERS, "a torch.nn.Linear (or a lora_edu.quantization.Linear4bit)")
         config = LoraConfig() if config is None else config
         _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig")
         _check_new_name(adapter_name, [])
         super().__init__()
         self.base = base.requires_grad_(False)
         self.lora_A, self.lora_B = AdapterFactors(), AdapterFactors()
+        self.lora_magnitude_vector = AdapterFactors()  # DoRA's m per adapter (out_features,), PEFT's name
         self.lora_dropout = nn.ModuleDict()
         self.r, self.lora_alpha, self.scaling = {}, {}, {}
         self.lora_config: dict[str, LoraConfig] = {}
@@ -217,13 +248,15 @@ class LoRALinear(nn.Module):
         ``draw=False`` leaves both factors at zero and draws no random numbers (used when loading them)."""
         _check_new_name(name, list(self.lora_A))
         _validate.instance("config", config, LoraConfig, "a lora_edu.LoraConfig")
+        variant = variant_for(config)
+        variant.check(self, name, config)
         weight, trainable = self.base.weight, name == self.active_adapter
         make = lambda *shape: nn.Parameter(torch.zeros(*shape, device=weight.device, dtype=weight.dtype),
                                            requires_grad=trainable)
         self.lora_A[name], self.lora_B[name] = make(config.r, self.in_features), make(self.out_features, config.r)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.r[name], self.lora_alpha[name], self.scaling[name] = config.r, config.lora_alpha, config.scaling
-        self.lora_config[name], self.lora_variant[name] = config, variant_for(config)
+        self.lora_config[name], self.lora_variant[name] = config, variant
         self.added_order[name] = next(_ADDED)
         if draw:
             self.lora_variant[name].init(self, name, config)
@@ -232,6 +265,13 @@ class LoRALinear(nn.Module):
         for store in (self.lora_A, self.lora_B, self.lora_dropout, self.r, self.lora_alpha, self.scaling,
                       self.lora_config, self.lora_variant, self.added_order):
             del store[name]
+        if name in self.lora_magnitude_vector:
+            del self.lora_magnitude_vector[name]
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        """What adapter ``name`` trains here: ``lora_A``, ``lora_B`` (and DoRA's magnitude vector)."""
+        found = [self.lora_A[name], self.lora_B[name]]
+        return found + ([self.lora_magnitude_vector[name]] if name in self.lora_magnitude_vector else [])
 
     def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
         """``ΔW`` (out, in) of an adapter (default: the active one), in the base weight's dtype."""
@@ -268,7 +308,11 @@ class LoRALinear(nn.Module):
         if name in self.merged_adapters:
             raise ValueError(f"adapter {name!r} of this LoRALinear is already merged; merging again would add "
                              "ΔW a second time. Call unmerge() first, or leave it merged")
-        self.base.weight.add_(self.delta_weight(name))
+        if isinstance(self.base, Linear4bit):
+            raise ValueError("this LoRALinear's base is a 4-bit Linear4bit: ΔW cannot be added to 4-bit numbers "
+                             "without rounding it away. Merge into a 16/32-bit copy: nn.Linear with weight "
+                             "base.dequantized_weight(), then merge there")
+        self.lora_variant[name].merge(self, name)
         self.merged_adapters.append(name)
         return self
 
@@ -279,7 +323,8 @@ class LoRALinear(nn.Module):
             raise ValueError("this LoRALinear is not merged (merged=False); unmerging would subtract ΔW "
                              "from the frozen weight. Call merge() first")
         while self.merged_adapters:
-            self.base.weight.sub_(self.delta_weight(self.merged_adapters.pop()))
+            name = self.merged_adapters.pop()
+            self.lora_variant[name].unmerge(self, name)
         return self
 
     def extra_repr(self) -> str:
@@ -340,7 +385,7 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
     for name, module in model.named_modules():
         if name == "" or name in inside or not target_matches(name, target_modules):
             continue
-        if not isinstance(module, (nn.Linear, LoRALinear)):
+        if not isinstance(module, (*LINEAR_LAYERS, LoRALinear)):
             not_linear.append(f"{name!r} ({type(module).__name__})")
             conv1d = conv1d or type(module).__name__ == "Conv1D"
         elif isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
@@ -370,7 +415,8 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
 
 def _linear_names(model: nn.Module) -> str:
     inside = _inside_lora(model)
-    names = [n for n, m in model.named_modules() if n and n not in inside and isinstance(m, (nn.Linear, LoRALinear))]
+    names = [n for n, m in model.named_modules()
+             if n and n not in inside and isinstance(m, (*LINEAR_LAYERS, LoRALinear))]
     return ", ".join(names) if names else "(none)"
 
 
@@ -417,8 +463,8 @@ def _set_trainable(model: nn.Module, freeze_the_rest: bool) -> None:
         model.requires_grad_(False)
     for layer in lora_layers(model).values():
         for name in layer.lora_A:
-            layer.lora_A[name].requires_grad_(name == layer.active_adapter)
-            layer.lora_B[name].requires_grad_(name == layer.active_adapter)
+            for parameter in layer.adapter_parameters(name):
+                parameter.requires_grad_(name == layer.active_adapter)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -479,6 +525,10 @@ def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
     if merged:
         raise ValueError(f"LoRA layers {merged} are already merged; merging again would add ΔW a second "
                          "time. Call unmerge_lora(model) first")
+    quantized = [n for n, layer in layers.items() if name in layer.lora_A and isinstance(layer.base, Linear4bit)]
+    if quantized:
+        raise ValueError(f"LoRA layers {quantized} have 4-bit bases (Linear4bit): ΔW cannot be merged into 4-bit "
+                         "numbers without rounding it away; nothing was merged")
     for layer in layers.values():
         if name in layer.lora_A:
             layer.merge(name)
@@ -502,9 +552,14 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 def lora_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """Only one adapter's factors (default: the active one), keyed as in ``model.state_dict()``:
-    ``"<module>.lora_A.<adapter>"`` ``(r, in)`` and ``"<module>.lora_B.<adapter>"`` ``(out, r)``. Load them back
+    ``"<module>.lora_A.<adapter>"`` ``(r, in)`` and ``"<module>.lora_B.<adapter>"`` ``(out, r)`` (and DoRA's
+    ``"<module>.lora_magnitude_vector.<adapter>"`` ``(out,)``). Load them back
     with ``model.load_state_dict(sd, strict=False)``. See notebook 04_lora_from_scratch."""
     name = active_adapter(model) if adapter_name is None and lora_layers(model) else adapter_name
     layers = _require_adapter(model, name, "save")
-    return {f"{module}.lora_{f}.{name}": getattr(layer, f"lora_{f}")[name].detach()
-            for module, layer in layers.items() if name in layer.lora_A for f in "AB"}
+    found = {}
+    for module, layer in layers.items():
+        for store in ("lora_A", "lora_B", "lora_magnitude_vector"):   # the last only for DoRA
+            if name in getattr(layer, store):
+                found[f"{module}.{store}.{name}"] = getattr(layer, store)[name].detach()
+    return found

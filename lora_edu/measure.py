@@ -62,6 +62,16 @@ def measured_training_memory_bytes(model: nn.Module) -> dict[str, int]:
             "total": weights + gradients + optimizer}
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor the optimizer holds in its state (AdamW after a step: ``exp_avg``, ``exp_avg_sq``
+    and a 4-byte ``step`` per parameter tensor), measured from ``optimizer.state``; zero before the first step.
+    The formula from parameter counts is `lora_edu.counting.training_memory_bytes` (``"optimizer"``).
+    See notebook 03_parameter_savings."""
+    _validate.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    return sum(value.numel() * value.element_size() for state in optimizer.state.values()
+               for value in state.values() if isinstance(value, torch.Tensor))
+
+
 def measured_checkpoint_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """Bytes on disk of ``tensors`` saved as one safetensors file (the format PEFT stores adapters in);
     the estimate from a parameter count is `lora_edu.counting.checkpoint_bytes`."""

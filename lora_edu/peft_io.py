@@ -114,6 +114,13 @@ def save_peft_adapter(model: nn.Module, folder, adapter_name: str | None = None)
                              f"layer of adapter {name!r} (PEFT's adapter_config.json holds one of each); this "
                              f"model has {described}")
         config = next(iter(owners.values())).lora_config[name]
+        if config.use_dora:
+            raise ValueError(f"adapter {name!r} is a DoRA adapter: save_peft_adapter writes plain LoRA factors "
+                             "only (DoRA's magnitude vectors are in lora_state_dict(model)); nothing was written")
+        if config.init_lora_weights == "pissa":
+            raise ValueError(f"adapter {name!r} is a PiSSA adapter, whose factors only make sense on the residual "
+                             "weight it replaced: convert it to plain LoRA on the original weight with "
+                             "lora_edu.variants.pissa_as_lora (rank 2r), as PEFT does; nothing was written")
         saved = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
                  **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
                  "target_modules": _peft_target_modules(model, list(owners)), **_UNSUPPORTED_DEFAULTS}

@@ -58,12 +58,18 @@ def nb01_inputs():
     return m, m + 0.05 * np.random.randn(10, 10)
 
 
-def nb04_layer():
-    lora_edu.seed_everything(5)
-    layer = lora_edu.LoRALinear(nn.Linear(5, 3), lora_edu.LoraConfig(r=2, lora_alpha=6))
-    with torch.no_grad():
-        layer.lora_B["default"].normal_()
-    return layer, torch.randn(4, 5)
+def nb03_model():
+    """Notebook 03's measured model: three linear layers."""
+    lora_edu.seed_everything(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def nb04_experiment():
+    """A freshly wrapped model and its data, like notebook 04's experiment (B = 0 at the start)."""
+    lora_edu.seed_everything(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = lora_edu.add_lora(model, lora_edu.LoraConfig(target_modules=["0", "2"], r=2, lora_alpha=4))
+    return model, torch.randn(32, 6), torch.randn(32, 3)
 
 
 def nb04_model():
@@ -82,15 +88,16 @@ def cases():
     sigma_noisy = np.linalg.svd(noisy, compute_uv=False)
     low, high = float(sigma_noisy[2]), float(sigma_noisy[1])
     sigma_photo = np.linalg.svd(linalg.load_sample_photo(), compute_uv=False)
-    layer, x = nb04_layer()
-    lora_a, lora_b = layer.lora_A["default"].detach(), layer.lora_B["default"].detach()
-    delta = (layer.scaling["default"] * lora_b @ lora_a).numpy()
-    output = (layer.base(x) + layer.scaling["default"] * (x @ lora_a.T) @ lora_b.T).detach().numpy()
+    experiment = nb04_experiment()
+    first, second = 8 * 2 + 3 * 2, 2 * 6 + 2 * 8 + 8 * 2 + 3 * 2       # B's entries; then A's and B's
     digits = models.DigitsMLP()
     total = sum(p.numel() for p in digits.parameters())
     rng = np.random.default_rng(3)
     update = rng.normal(size=(128, 64)) * np.exp(-np.arange(64) / 6)        # a full update with a decaying spectrum
     n_gpt2 = counting.count_model_params(counting.GPT2_SMALL)
+    b_1, a_1, _ = linalg.fit_lora_factors(m, 1, steps=800, lr=0.01, batch=32, seed=0)     # notebook 01, Exercise 5
+    fit_error = linalg.relative_error(b_1 @ a_1, m)
+    rank_for_2_percent = nb02.smallest_rank_for_error(sigma_photo, 0.02)                    # notebook 02, Exercise 3
     return [
         Case(nb00.check_dense_count, (), 100),
         Case(nb00.check_factored_count, (), 40),
@@ -103,6 +110,10 @@ def cases():
              [low, high], kwargs=dict(rank=2)),
         Case(nb01.check_factors, (m,), (b, a), [(1.5 * b, a), (b, 0 * a), (u[:, :2], vt[:2]), (a.T, b.T),
                                                 (b + 0.01, a), (b, -a)], [b, a, m], kwargs=dict(r=2)),
+        Case(nb01.check_fit_prediction, (fit_error,), fit_error),
+        Case(nb02.check_rank_prediction, (rank_for_2_percent,), rank_for_2_percent,
+             [0, -rank_for_2_percent, rank_for_2_percent * 3 // 2, rank_for_2_percent // 2, rank_for_2_percent * 10,
+              rank_for_2_percent // 3, rank_for_2_percent * 2]),
         Case(nb02.check_energy, (sigma_photo,), float(np.sum(sigma_photo[:10] ** 2) / np.sum(sigma_photo ** 2)),
              kwargs=dict(r=10)),
         Case(nb02.check_truncation_error, (sigma_photo,), float(np.sqrt(np.sum(sigma_photo[50:] ** 2))),
@@ -114,11 +125,14 @@ def cases():
         Case(nb03.check_full_finetuning_memory, (counting.GPT2_SMALL,), 16 * n_gpt2, kwargs=dict(precision="fp32")),
         Case(nb03.check_adapter_checkpoint, (counting.LLAMA_7B,), 32 * 2 * 16 * (4096 + 4096) * 2,
              kwargs=dict(r=16, targets=("q", "v"), dtype="bf16")),
+        Case(nb03.check_optimizer_state, (nb03_model(), ["0", "4"]), 8 * (4 * (256 + 512) + 4 * (512 + 10)) + 4 * 4,
+             kwargs=dict(r=4)),
         Case(nb04.check_scaling, (), 2.0, kwargs=dict(alpha=16, r=8)),
-        Case(nb04.check_lora_output, (x, layer), output),
-        Case(nb04.check_delta_weight, (layer,), delta),
         Case(nb04.check_trainable_parameters, (nb04_model(), ["fc1", "fc2"]), 8 * (64 + 128) + 8 * (128 + 10),
              kwargs=dict(r=8)),
+        Case(nb04.check_gradient_counts, experiment, (first, second),
+             [(second, second), (first, first), (0, 0), (second, first), (first + 1, second), (first, 2 * second)],
+             [first, second], kwargs=dict(lr=1e-2)),
         Case(nb05.check_lora_layer_parameters, (), 640, kwargs=dict(d_out=256, d_in=64, r=2)),
         Case(nb05.check_training_bytes, (), 16 * total,
              kwargs=dict(trainable=total, trainable_tensors=len(list(digits.parameters())))),

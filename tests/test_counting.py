@@ -112,3 +112,23 @@ def test_checkpoint_and_formatting():
 ])
 def test_formatting_rolls_over_to_the_next_unit(n, count, size):
     assert (c.format_count(n), c.format_bytes(n)) == (count, size)
+
+
+def test_activation_bytes_follow_the_published_formula():
+    # Korthikanti et al. 2022, Eq. 1: s·b·h·(34 + 5as/h) per layer; GPT-3 175B at s = 2048, b = 1
+    per_layer = 2048 * 1 * 12288 * (34 + 5 * 96 * 2048 / 12288)
+    assert c.activation_bytes(c.GPT3_175B, n_heads=96, batch=1, seq_len=2048) == 96 * per_layer
+    one = c.activation_bytes(c.LLAMA_7B, n_heads=32, batch=1, seq_len=512)
+    assert c.activation_bytes(c.LLAMA_7B, n_heads=32, batch=4, seq_len=512) == 4 * one    # linear in the batch
+    assert c.activation_bytes(c.LLAMA_7B, n_heads=32, batch=1, seq_len=1024) > 2 * one    # faster than linear in s
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(n_heads=0, batch=1, seq_len=8), "n_heads"), (dict(n_heads=32, batch=0, seq_len=8), "batch"),
+    (dict(n_heads=32, batch=1, seq_len=2.5), "seq_len"),
+])
+def test_activation_bytes_bad_input(kwargs, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        c.activation_bytes(c.LLAMA_7B, **kwargs)
+    with pytest.raises(TypeError, match="shape"):
+        c.activation_bytes("llama", 32, 1, 8)

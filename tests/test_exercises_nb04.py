@@ -1,4 +1,5 @@
-"""The exercise checks of notebook 04: a right answer passes, wrong answers say what and by how much."""
+"""The exercise checks of notebook 04: a right answer passes, wrong answers say what and by how much, and the
+build-it checks refuse the package's shortcuts (calling the layer, merge(), merge_lora, delta_weight)."""
 import math
 
 import numpy as np
@@ -6,18 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from lora_edu import LoraConfig, LoRALinear
-from lora_edu.checks import NOT_ANSWERED
+import lora_edu
+from lora_edu import LoraConfig
+from lora_edu.checks import NOT_ANSWERED, reveal
 from lora_edu.exercises import nb04
-
-
-@pytest.fixture
-def layer():
-    torch.manual_seed(0)
-    layer = LoRALinear(nn.Linear(5, 3), LoraConfig(r=2, lora_alpha=6))
-    with torch.no_grad():
-        layer.lora_B["default"].normal_()
-    return layer
 
 
 def small_model():
@@ -25,10 +18,174 @@ def small_model():
     return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 4))
 
 
-def test_unanswered(layer):
-    x = torch.randn(4, 5)
-    for result in (nb04.check_scaling(NOT_ANSWERED, 16, 8), nb04.check_lora_output(NOT_ANSWERED, x, layer),
-                   nb04.check_delta_weight(NOT_ANSWERED, layer),
+# --- Exercise 2 (build it): the forward pass ---
+
+def lora_forward(x, layer):
+    h = x @ layer.base.weight.T
+    if layer.base.bias is not None:
+        h = h + layer.base.bias
+    return h + layer.scaling["default"] * (x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T
+
+
+def stub(*args): ...
+
+
+def test_lora_forward_solution_passes_and_stub_is_unanswered():
+    assert nb04.check_lora_forward(lora_forward)
+    assert nb04.check_lora_forward(stub).passed is None
+    state = torch.random.get_rng_state()
+    nb04.check_lora_forward(lora_forward)
+    assert torch.equal(state, torch.random.get_rng_state()), "the check must not move the learner's random numbers"
+
+
+@pytest.mark.parametrize("shortcut", [lambda x, layer: layer(x), lambda x, layer: layer.forward(x),
+                                      lambda x, layer: nn.Module.__call__(layer, x),
+                                      lambda x, layer: layer.lora_variant["default"].forward(layer, "default", x,
+                                                                                             layer.base(x))])
+def test_lora_forward_calling_the_layer_fails(shortcut):
+    result = nb04.check_lora_forward(shortcut)
+    assert result.passed is False and "which the task forbids" in result.message, result.message
+    x = torch.randn(2, 5)
+    layer = lora_edu.LoRALinear(nn.Linear(5, 3), LoraConfig(r=2))
+    assert layer(x).shape == (2, 3), "the forbidden layer works again after the check"
+
+
+def biased(x, layer):
+    return x @ layer.base.weight.T + layer.base.bias + layer.scaling["default"] * (
+        x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T
+
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (lambda x, layer: layer.base(x), "frozen layer alone"),
+    (lambda x, layer: layer.base(x) + (x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T,
+     "missing its scaling"),
+    (lambda x, layer: layer.base(x) + layer.lora_alpha["default"] * (x @ layer.lora_A["default"].T)
+     @ layer.lora_B["default"].T, "scaled by α"),
+    (lambda x, layer: layer.base(x) + layer.lora_alpha["default"] / layer.r["default"] * (
+        x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T, "rsLoRA"),
+    (lambda x, layer: x @ layer.base.weight.T + layer.scaling["default"] * (x @ layer.lora_A["default"].T)
+     @ layer.lora_B["default"].T, "bias is missing"),
+    (lambda x, layer: lora_forward(x, layer).T, "shape"),
+    (biased, "no bias: base.bias is None"),
+    (lambda x, layer: lora_forward(x, layer).reshape(-1, layer.out_features), "case 4"),
+    (lambda x, layer: layer.base(x) + layer.scaling["default"] * x @ layer.lora_A["default"] @ layer.lora_B["default"],
+     "multiply by their transposes"),
+])
+def test_lora_forward_mistakes_are_diagnosed(wrong, diagnosis):
+    result = nb04.check_lora_forward(wrong)
+    assert result.passed is False and diagnosis in result.message, result.message
+
+
+# --- Exercise 3 (build it): merge and unmerge ---
+
+def merge(layer):
+    name = layer.active_adapter
+    with torch.no_grad():
+        layer.base.weight += layer.scaling[name] * layer.lora_B[name] @ layer.lora_A[name]
+    layer.merged_adapters.append(name)
+
+
+def unmerge(layer):
+    name = layer.active_adapter
+    with torch.no_grad():
+        layer.base.weight -= layer.scaling[name] * layer.lora_B[name] @ layer.lora_A[name]
+    layer.merged_adapters.remove(name)
+
+
+def test_merge_solution_passes_and_stubs_are_unanswered():
+    assert nb04.check_merge(merge, unmerge)
+    assert nb04.check_merge(stub, stub).passed is None
+    unchanged = nb04.check_merge(merge, stub)
+    assert not unchanged and "after your unmerge, base.weight is unchanged" in unchanged.message
+
+
+@pytest.mark.parametrize("merge_way, unmerge_way, forbidden", [
+    (lambda layer: layer.merge(), unmerge, "layer.merge()"),
+    (merge, lambda layer: layer.unmerge(), "layer.unmerge()"),
+    (lambda layer: lora_edu.merge_lora(layer), unmerge, "lora_edu.merge_lora"),
+    (merge, lambda layer: lora_edu.unmerge_lora(layer), "lora_edu.unmerge_lora"),
+    (lambda layer: layer.base.weight.data.add_(layer.delta_weight()) and layer.merged_adapters.append("default"),
+     unmerge, "layer.delta_weight()"),
+])
+def test_merge_shortcuts_fail(merge_way, unmerge_way, forbidden):
+    result = nb04.check_merge(merge_way, unmerge_way)
+    assert result.passed is False and forbidden in result.message and "forbids" in result.message, result.message
+    layer = lora_edu.LoRALinear(nn.Linear(4, 3), LoraConfig(r=2, init_lora_weights=False))
+    w0 = layer.base.weight.clone()
+    lora_edu.unmerge_lora(lora_edu.merge_lora(layer))   # the package's own functions are back
+    assert torch.allclose(layer.base.weight, w0, atol=1e-6)
+
+
+def merge_twice_active(layer):
+    with torch.no_grad():
+        layer.base.weight += layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+
+
+def unmerge_keeping_the_record(layer):
+    with torch.no_grad():
+        layer.base.weight -= layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+
+
+def merge_without_scaling(layer):
+    with torch.no_grad():
+        layer.base.weight += layer.lora_B["default"] @ layer.lora_A["default"]
+    layer.merged_adapters.append("default")
+
+
+def merge_subtracting(layer):
+    with torch.no_grad():
+        layer.base.weight -= layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+    layer.merged_adapters.append("default")
+
+
+def merge_new_parameter(layer):
+    delta = layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+    layer.base.weight = nn.Parameter(layer.base.weight + delta)
+    layer.merged_adapters.append("default")
+
+
+def unmerge_adding(layer):
+    with torch.no_grad():
+        layer.base.weight += layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+    layer.merged_adapters.remove("default")
+
+
+def merge_with_autograd(layer):
+    layer.base.weight += layer.scaling["default"] * layer.lora_B["default"] @ layer.lora_A["default"]
+    layer.merged_adapters.append("default")
+
+
+def merge_touching_b(layer):
+    merge(layer)
+    with torch.no_grad():
+        layer.lora_B["default"].zero_()
+
+
+@pytest.mark.parametrize("merge_way, unmerge_way, diagnosis", [
+    (merge_twice_active, unmerge, "the adapter is active twice"),
+    (merge, unmerge_keeping_the_record, "still counts as merged"),
+    (merge_without_scaling, unmerge, "without the scaling"),
+    (merge_subtracting, unmerge, "you subtracted ΔW"),
+    (merge_new_parameter, unmerge, "requires a gradient"),
+    (merge, unmerge_adding, "added ΔW a second time"),
+    (merge_touching_b, unmerge, "changed lora_A or lora_B"),
+    (lambda layer: 1 / 0, unmerge, "ZeroDivisionError"),
+    (merge_with_autograd, unmerge, "with torch.no_grad()"),
+])
+def test_merge_mistakes_are_diagnosed(merge_way, unmerge_way, diagnosis):
+    result = nb04.check_merge(merge_way, unmerge_way)
+    assert result.passed is False and diagnosis in result.message, result.message
+
+
+def test_build_it_reveals_on_request():
+    assert "layer.scaling['default']" in reveal(nb04.check_lora_forward).message
+    assert "merged_adapters.append" in reveal(nb04.check_merge, unmerge).message
+
+
+# --- Value checks ---
+
+def test_unanswered():
+    for result in (nb04.check_scaling(NOT_ANSWERED, 16, 8),
                    nb04.check_trainable_parameters(NOT_ANSWERED, small_model(), ["0", "2"], 2)):
         assert result.passed is None and "not answered yet" in str(result)
 
@@ -42,35 +199,6 @@ def test_scaling():
     assert not other_rule and "rsLoRA" in other_rule.message
     assert "upside down" in nb04.check_scaling(0.5, 16, 8).message
     assert "expected a number" in nb04.check_scaling("two", 16, 8).message
-
-
-def test_lora_output(layer):
-    x = torch.randn(4, 5)
-    layer.eval()
-    branch = (x @ layer.lora_A["default"].T) @ layer.lora_B["default"].T
-    right = layer.base(x) + 3.0 * branch
-    assert nb04.check_lora_output(right, x, layer)
-    assert nb04.check_lora_output(layer(x), x, layer)
-    frozen_only = nb04.check_lora_output(layer.base(x), x, layer)
-    assert not frozen_only and "frozen layer alone" in frozen_only.message
-    assert "entries are off; the worst is at index" in frozen_only.message
-    no_scaling = nb04.check_lora_output(layer.base(x) + branch, x, layer)
-    assert not no_scaling and "missing its scaling" in no_scaling.message
-    alpha = nb04.check_lora_output(layer.base(x) + 6 * branch, x, layer)
-    assert not alpha and "scaled by α" in alpha.message
-    transposed = nb04.check_lora_output(right.T, x, layer)
-    assert not transposed and "shape (3, 4), expected (4, 3)" in transposed.message
-
-
-def test_delta_weight(layer):
-    right = 3.0 * layer.lora_B["default"] @ layer.lora_A["default"]
-    assert nb04.check_delta_weight(right, layer)
-    unscaled = nb04.check_delta_weight(layer.lora_B["default"] @ layer.lora_A["default"], layer)
-    assert not unscaled and "carries the scaling" in unscaled.message
-    merged = nb04.check_delta_weight(layer.base.weight + right, layer)
-    assert not merged and "merged weight" in merged.message
-    transposed = nb04.check_delta_weight(right.T, layer)
-    assert not transposed and "has shape (5, 3), expected (3, 5)" in transposed.message
 
 
 def test_trainable_parameters():
@@ -93,29 +221,7 @@ def test_trainable_parameters():
     assert nb04.check_trainable_parameters(108.0, model, ["0", "2"], r=2)
 
 
-def test_lora_output_refuses_a_merged_layer(layer):
-    x = torch.randn(4, 5)
-    true_output = layer(x).detach()
-    layer.merge()
-    merged = nb04.check_lora_output(true_output, x, layer)  # would count ΔW twice if checked against base.weight
-    assert not merged and "layer_ex is merged" in merged.message and "layer_ex.unmerge() first" in merged.message
-    by_merged_weight = nb04.check_lora_output(x @ layer.base.weight.T + layer.base.bias, x, layer)
-    assert not by_merged_weight and "unmerge" in by_merged_weight.message
-    layer.unmerge()
-    assert nb04.check_lora_output(true_output, x, layer)
-
-
-def test_delta_weight_is_the_same_for_a_merged_layer(layer):
-    w0 = layer.base.weight.detach().clone()
-    right = 3.0 * layer.lora_B["default"] @ layer.lora_A["default"]
-    layer.merge()
-    assert nb04.check_delta_weight(right, layer)
-    assert nb04.check_delta_weight(layer.base.weight - w0, layer)      # measured from merge() itself
-    merged_weight = nb04.check_delta_weight(layer.base.weight, layer)   # W0 + ΔW, not ΔW
-    assert not merged_weight and "merged weight" in merged_weight.message
-
-
-def test_answer_types_are_accepted_consistently(layer):
+def test_answer_types_are_accepted_consistently():
     model = small_model()
     for right in (108, 108.0, np.int64(108), np.array(108), torch.tensor(108), torch.tensor(108.0)):
         assert nb04.check_trainable_parameters(right, model, ["0", "2"], r=2), right
@@ -127,5 +233,31 @@ def test_answer_types_are_accepted_consistently(layer):
     for right in (2.0, 2, np.float64(2.0), torch.tensor(2.0)):
         assert nb04.check_scaling(right, 16, 8), right
     assert not nb04.check_scaling(True, 16, 8) and not nb04.check_scaling("2", 16, 8)
-    right_delta = 3.0 * layer.lora_B["default"] @ layer.lora_A["default"]
-    assert nb04.check_delta_weight(right_delta.detach().numpy(), layer)
+
+
+# --- Exercise 5: predict, then measure ---
+
+def fresh_experiment():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = lora_edu.add_lora(model, LoraConfig(target_modules=["0", "2"], r=2, lora_alpha=4))
+    x = torch.randn(32, 6)
+    return model, x, torch.randn(32, 3)
+
+
+def test_gradient_counts():
+    model, x, y = fresh_experiment()
+    a_entries, b_entries = 2 * 6 + 2 * 8, 8 * 2 + 3 * 2
+    assert nb04.measure_gradient_counts(model, x, y, 1e-2) == (b_entries, a_entries + b_entries)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert nb04.check_gradient_counts((b_entries, a_entries + b_entries), model, x, y, lr=1e-2)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # measured on a copy
+    assert all(p.grad is None for p in model.parameters())
+    both = nb04.check_gradient_counts((a_entries + b_entries, a_entries + b_entries), model, x, y, lr=1e-2)
+    assert not both and "first step" in both.message and "B = 0" in both.message and "second" not in both.message
+    still = nb04.check_gradient_counts((b_entries, b_entries), model, x, y, lr=1e-2)
+    assert not still and "B ≠ 0" in still.message
+    assert "two whole numbers" in nb04.check_gradient_counts(22, model, x, y, lr=1e-2).message
+    assert nb04.check_gradient_counts(NOT_ANSWERED, model, x, y, lr=1e-2).passed is None
+    shown = reveal(nb04.check_gradient_counts, model, x, y, lr=1e-2).message
+    assert f"({b_entries}, {a_entries + b_entries})" in shown

@@ -33,7 +33,8 @@ def test_as_matrix_rejects_bad_input(bad, error, words):
 
 
 @pytest.mark.parametrize("function", [linalg.best_rank_r_approximation, linalg.rank_r_factors,
-                                      linalg.fit_rank_r_factors, linalg.random_subspace_approximation])
+                                      linalg.fit_rank_r_factors, linalg.fit_lora_factors,
+                                      linalg.random_subspace_approximation])
 @pytest.mark.parametrize("r, error, words", [
     (0, ValueError, r"r must be an int >= 1 and <= 4 \(min\(d, k\) for a 6×4 matrix\), got 0"),
     (-1, ValueError, "got -1"),
@@ -132,6 +133,55 @@ def test_gradient_descent_too_large_lr_raises_instead_of_returning_nan(recwarn):
     with pytest.raises(ValueError, match=r"lr = 10 is too large: gradient descent diverged.*use a smaller lr"):
         linalg.fit_rank_r_factors(rank2_matrix(), 2, steps=200, lr=10)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no overflow warnings on the way
+
+
+def test_lora_fit_starts_as_lora_and_learns_a_low_rank_map_from_outputs():
+    w = rank2_matrix(3, d=8, k=6)
+    b, a, losses = linalg.fit_lora_factors(w, 2, steps=800, seed=1)
+    assert b.shape == (8, 2) and a.shape == (2, 6) and losses.shape == (800,)
+    assert linalg.relative_error(b @ a, w) < 1e-6 and losses[-1] < 1e-12 * losses[0]
+    again = linalg.fit_lora_factors(w, 2, steps=800, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip((b, a, losses), again))        # seeded: the same run
+    _, a_start, losses_one = linalg.fit_lora_factors(w, 2, steps=1, seed=1)
+    assert np.abs(a_start).max() <= 1 / np.sqrt(6)                                # A uniform in ±1/√k ...
+    # ... and B = 0: the first loss is that of BA = 0 on the first batch, and A gets no gradient in the first step
+    generator = torch.Generator().manual_seed(1)
+    a0 = (torch.rand(2, 6, dtype=torch.float64, generator=generator) * 2 - 1) / 6**0.5
+    x = torch.randn(32, 6, dtype=torch.float64, generator=generator)
+    assert np.allclose(a_start, a0.numpy())
+    assert losses_one[0] == pytest.approx(0.5 * ((x @ torch.from_numpy(w).T) ** 2).sum(dim=1).mean().item())
+
+
+def test_lora_fit_with_too_few_ranks_lands_on_the_svd_error_not_below():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(6, 2)) @ rng.normal(size=(2, 5))
+    b, a, _ = linalg.fit_lora_factors(w, 1, steps=800)
+    best = linalg.relative_error(linalg.best_rank_r_approximation(w, 1), w)
+    assert best <= linalg.relative_error(b @ a, w) < 1.02 * best
+
+
+def test_lora_fit_leaves_the_global_generator_alone():
+    state = torch.random.get_rng_state()
+    linalg.fit_lora_factors(np.eye(3), 1, steps=5)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"steps": 0}, ValueError, "steps must be an int >= 1, got 0"),
+    ({"lr": 0}, ValueError, "lr must be a finite number > 0"),
+    ({"lr": None}, TypeError, "lr must be a finite number > 0"),
+    ({"batch": 0}, ValueError, "batch must be an int >= 1, got 0"),
+    ({"batch": 2.0}, TypeError, "batch must be an int"),
+    ({"seed": -1}, ValueError, "seed must be an int >= 0, got -1"),
+])
+def test_lora_fit_rejects_bad_settings(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        linalg.fit_lora_factors(np.eye(3), 1, **kwargs)
+
+
+def test_lora_fit_too_large_lr_raises_instead_of_returning_nan():
+    with pytest.raises(ValueError, match=r"lr = 5 is too large: gradient descent diverged.*use a smaller lr"):
+        linalg.fit_lora_factors(rank2_matrix(), 2, steps=300, lr=5)
 
 
 def test_energy_and_truncation_error():

@@ -99,3 +99,16 @@ def test_wrong_types_raise_type_error():
         measure.measured_checkpoint_bytes([torch.zeros(2)])
     with pytest.raises(TypeError, match="tensors must map str names to torch.Tensor values; wrong entries: w"):
         measure.measured_checkpoint_bytes({"w": [1.0, 2.0]})
+
+
+def test_optimizer_state_bytes_are_measured_from_the_state():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert measure.optimizer_state_bytes(optimizer) == 0                      # nothing before the first step
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    numbers = sum(p.numel() for p in model.parameters())
+    assert measure.optimizer_state_bytes(optimizer) == 8 * numbers + 4 * 4     # m, v and a step per tensor
+    assert measure.optimizer_state_bytes(optimizer) == measure.measured_training_memory_bytes(model)["optimizer"]
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        measure.optimizer_state_bytes(model)

@@ -1,10 +1,11 @@
-"""Checks for the exercises of notebook 01_rank_and_decomposition."""
+"""Checks for the exercises of notebook 01_rank_and_decomposition: counts, a matrix of given rank, a tolerance,
+factors from the SVD, a prediction of the notebook's own fit, and a numerical-rank function built by hand."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..checks import (REVEAL, CheckResult, check_value, exercise, failed, hint_for_mistake, how_far, is_number,
-                      passed, revealed)
+                      not_answered, passed, revealed)
 from ..linalg import as_matrix, numerical_rank
 
 
@@ -84,3 +85,107 @@ def check_factors(name, answer, target, r: int, atol: float = 1e-8) -> CheckResu
     if not result:
         return result
     return passed(name, f"correct: B @ A reproduces the {d}×{k} matrix with {r * (d + k)} numbers instead of {d * k}.")
+
+
+@exercise("Exercise 5")
+def check_fit_prediction(name, answer, measured: float) -> CheckResult:
+    """Exercise 5 (predict, then measure): the learner's prediction of the final relative error
+    ``‖B A − M‖_F / ‖M‖_F`` of notebook 01's gradient-descent loop run with ``r = 1`` on the rank-2 ``M``, next
+    to the ``measured`` one. Within 10 % passes; otherwise the direction and a coarse size, never the value."""
+    if answer is REVEAL:
+        return revealed(name, f"{measured:.6g} (the measured final relative error)")
+    if not is_number(answer) or not np.isfinite(answer):
+        return failed(name, f"expected a finite number (your predicted relative error), got {answer!r:.40}.")
+    if answer < 0:
+        return failed(name, f"a relative error is a ratio of norms, it cannot be negative; got {answer}.")
+    if abs(answer - measured) <= 0.1 * measured:
+        return passed(name, "a good prediction: within 10 % of the measured final error.")
+    if answer < 0.1 * measured:
+        hint = ("a rank-1 product B A has rank 1, and M has rank 2: no B and A reach M exactly, so the error "
+                "cannot fall to zero.")
+    elif answer >= 1:
+        hint = "at the start B = 0, so B A = 0 and the relative error is exactly 1; the loop only lowers it."
+    else:
+        hint = ("the best a rank-1 product can do is keep M's largest direction; compare the two singular values "
+                "printed in section 4 to see how much of M is left.")
+    return failed(name, f"next to the measured error, your prediction is {how_far(answer, measured)}. Hint: {hint}")
+
+
+def _numerical_rank_cases():
+    """(description, matrix, tol) for the build-it check: tall, wide, scaled, noisy and tied cases."""
+    rng = np.random.default_rng(5)
+    exact = rng.normal(size=(7, 2)) @ rng.normal(size=(2, 4))
+    u, _ = np.linalg.qr(rng.normal(size=(6, 5)))
+    v, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    spread = (u * np.array([50.0, 5.0, 0.5, 0.05, 0.005])) @ v.T     # singular values far from each tol
+    tied = np.diag([3.0, 2.0, 2.0, 1.0])[[2, 0, 3, 1]]                # singular values exactly 3, 2, 2, 1
+    return [
+        ("a tall 7×4 product of 7×2 and 2×4 factors, tol=None", exact, None),
+        ("a wide 3×8 random matrix, tol=None", rng.normal(size=(3, 8)), None),
+        ("the 7×4 product of case 1 times 1e6, tol=None", exact * 1e6, None),
+        ("a 6×5 matrix with σ = 50, 5, 0.5, 0.05, 0.005, tol=1.0", spread, 1.0),
+        ("the 6×5 matrix of case 4, tol=0.01", spread, 0.01),
+        ("the 6×5 matrix of case 4, tol=100.0", spread, 100.0),
+        ("a 4×4 matrix with σ = 3, 2, 2, 1, tol=2.0 (a singular value equal to tol)", tied, 2.0),
+    ]
+
+
+def _numerical_rank_slip(got: int, matrix, tol) -> str:
+    """The usual slip a wrong count shows, if one explains it (computed without showing the right count)."""
+    sigma = np.linalg.svd(matrix, compute_uv=False)
+    rounding = max(matrix.shape) * np.finfo(np.float64).eps
+    if tol is None:
+        slips = [(int(np.sum(sigma > 0)), "with tol=None it counts the SVD's rounding noise: the default must sit "
+                                          "just above it, σ₁ · max(d, k) · ε"),
+                 (int(np.sum(sigma > rounding)), "the default tolerance must grow with the matrix: σ₁ · max(d, k) · ε, "
+                                                 "not max(d, k) · ε alone")]
+        if sigma[0] > 1e3:  # a large matrix's rounding noise passes both slips: the missing σ₁ is the likelier one
+            slips.reverse()
+    else:
+        slips = [(int(np.sum(sigma >= tol)), "a singular value equal to tol is not counted: count σᵢ > tol, "
+                                             "strictly"),
+                 (int(np.sum(sigma > tol * sigma[0])), "tol is absolute (in the units of the entries), not relative "
+                                                       "to σ₁"),
+                 (int(np.sum(sigma > sigma[0] * rounding)), "it ignores the tol it was given")]
+    return next((hint for value, hint in slips if value == got), "")
+
+
+def check_numerical_rank(function) -> CheckResult:
+    """Exercise 6 (build it): ``function(matrix, tol=None)`` must return the number of singular values of the
+    ``(d, k)`` NumPy array ``matrix`` larger than ``tol`` (default ``σ₁ · max(d, k) · ε``), equal to
+    `lora_edu.linalg.numerical_rank` on seven cases (tall, wide, scaled, noisy, a tie with tol). Calling a
+    ready-made rank function (``np.linalg.matrix_rank``, ``torch.linalg.matrix_rank``,
+    ``lora_edu.linalg.numerical_rank``) fails: the exercise is to write it from ``np.linalg.svd``."""
+    import torch
+
+    from .. import linalg
+    from ._build_it import run_watched
+
+    name = "Exercise 6"
+    if function is REVEAL:
+        return revealed(name, "sigma = np.linalg.svd(matrix, compute_uv=False); if tol is None: "
+                              "tol = sigma[0] * max(matrix.shape) * np.finfo(float).eps; return int(np.sum(sigma > tol))")
+    if not callable(function):
+        return failed(name, f"expected a function numerical_rank(matrix, tol=None), got {type(function).__name__}.")
+    forbidden = {"np.linalg.matrix_rank": np.linalg.matrix_rank, "torch.linalg.matrix_rank": torch.linalg.matrix_rank,
+                 "lora_edu.linalg.numerical_rank": linalg.numerical_rank}
+    cases = _numerical_rank_cases()
+    for number, (description, matrix, tol) in enumerate(cases, start=1):
+        expected = linalg.numerical_rank(matrix, tol)
+        try:
+            got, shortcuts = run_watched(function, (matrix.copy(), tol), forbidden)
+        except Exception as error:  # the learner's code: report whatever it raised
+            return failed(name, f"case {number} ({description}) raised {type(error).__name__}: {error}")
+        if got is None and number == 1:
+            return not_answered(name)
+        if shortcuts:
+            return failed(name, f"it calls {' and '.join(shortcuts)}, a ready-made rank: the exercise is to write it "
+                                f"yourself from np.linalg.svd(matrix, compute_uv=False).")
+        if isinstance(got, (bool, np.bool_)) or not isinstance(got, (int, np.integer)):
+            return failed(name, f"case {number} ({description}): expected an int (a count of singular values), "
+                                f"got {type(got).__name__}.")
+        if got != expected:
+            slip = _numerical_rank_slip(int(got), matrix, tol)
+            return failed(name, f"case {number} ({description}): the rank it returns is {how_far(got, expected)}"
+                                f"{f'. Hint: {slip}' if slip else ''}.")
+    return passed(name, f"correct: equal to lora_edu.linalg.numerical_rank on all {len(cases)} cases.")
