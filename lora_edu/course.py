@@ -21,14 +21,15 @@ COURSE_MAP: list[tuple[str, str, str]] = [  # (file stem, title, what the learne
      "sliders for rank, α and learning rate; rsLoRA; the intrinsic rank of a full fine-tuning update"),
     ("07_many_tasks_one_model", "Many tasks, one model",
      "task adapters on one base; storage; each swap route timed next to its bound; mixed batches; combining"),
-    ("08_lora_with_peft", "LoRA with PEFT", "the same in PEFT, identical numbers; save/load; merge_and_unload"),
+    ("08_lora_with_peft", "LoRA with PEFT",
+     "a tiny transformers Llama; LoraConfig, Trainer, save/load, merge in bf16; lora_edu = PEFT; torchrun"),
     ("09_what_lora_learns", "What LoRA learns", "the LoRA paper's analyses at toy scale"),
     ("10_lora_variants", "LoRA variants", "rsLoRA, LoRA+, DoRA, PiSSA, QLoRA; a memory estimator"),
     ("11_choosing_a_strategy", "Choosing a strategy", "decision guide, summary table, capstone"),
 ]
 
 
-FIRST_COMING = "08_lora_with_peft"  # from here on, the notebooks are still to be written
+FIRST_COMING = "09_what_lora_learns"  # from here on, the notebooks are still to be written
 
 
 def course_status() -> list[tuple[str, str, str, bool]]:

@@ -381,12 +381,13 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
     _validate.module("model", model)
     target_modules = _check_target_modules(target_modules)
     inside = _inside_lora(model)
-    matched, not_linear = [], []
+    matched, not_linear, conv1d = [], [], False
     for name, module in model.named_modules():
         if name == "" or name in inside or not target_matches(name, target_modules):
             continue
         if not isinstance(module, (*LINEAR_LAYERS, LoRALinear)):
             not_linear.append(f"{name!r} ({type(module).__name__})")
+            conv1d = conv1d or type(module).__name__ == "Conv1D"
         elif isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
             # MultiheadAttention reads out_proj.weight directly instead of calling out_proj(x):
             # a wrapped out_proj would be bypassed (or break), so refuse it here.
@@ -395,8 +396,12 @@ def find_target_modules(model: nn.Module, target_modules) -> list[str]:
         else:
             matched.append(name)
     if not_linear:
+        why = (" A Conv1D (GPT-2 style, transformers.pytorch_utils.Conv1D) stores its weight transposed, as "
+               "(in_features, out_features), and computes x @ W + b; lora_edu refuses it rather than build ΔW with "
+               "the wrong orientation. Use peft.LoraConfig(..., fan_in_fan_out=True) for such a model (notebook "
+               "08_lora_with_peft)." if conv1d else "")
         raise TypeError(f"target_modules={target_modules!r} matches {', '.join(not_linear)}: LoRALinear wraps "
-                        f"only torch.nn.Linear layers. Linear layers in this model: {_linear_names(model)}")
+                        f"only torch.nn.Linear layers.{why} Linear layers in this model: {_linear_names(model)}")
     if not matched:
         hint = (" (the model itself is an nn.Linear: wrap it directly with LoRALinear(model, config))"
                 if isinstance(model, nn.Linear) else "")

@@ -1,7 +1,7 @@
-"""No exercise check of notebooks 00-06 gives a wrong answer its expected value, the exact offset or the exact
+"""No exercise check of notebooks 00-06 and 08 gives a wrong answer its expected value, the exact offset or the exact
 relative error (COURSE.md, "Exercises that teach"); `reveal` shows the value on request.
 
-Every check_* of lora_edu.exercises.nb00 ... nb06 gets the inputs its notebook gives it (or inputs like them where
+Every check_* of lora_edu.exercises.nb00 ... nb08 gets the inputs its notebook gives it (or inputs like them where
 the notebook computes them: the photo's singular values, the measured norms and updates) and several wrong answers:
 0, -right, 1.5·right, right/2, 10·right, right + 1 for ints; for arrays also a transposed and a perturbed one.
 """
@@ -18,9 +18,9 @@ from torch import nn
 import lora_edu
 from lora_edu import counting, linalg, models
 from lora_edu.checks import reveal
-from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06
+from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08
 
-MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06)
+MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08)
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 NORMS = [13.5, 8.35, 6.24, 4.15, 3.37, 2.45, 1.81]
 SWEEP_FINALS = {("rotated", "full"): [0.964, 0.968, 0.972], ("rotated", "lora"): [0.830, 0.838, 0.891]}  # as nb05's
@@ -159,6 +159,9 @@ def cases():
         Case(nb06.check_directions_for_energy, (update, 0.95), int(lora_edu.update_analysis.directions_for_energy(
             update, 0.95))),
         Case(nb06.check_full_over_lora_lr, (nb06_sweep(),), 0.5, kwargs=dict(rank=8)),
+        Case(nb08.check_all_linear_count, (), 3 * 4 * (4 * (96 + 96) + 3 * (96 + 256)), kwargs=dict(r=4)),
+        Case(nb08.check_code_loss_drop, (2.31, 1.74), 2.31 - 1.74),
+        Case(nb08.check_bf16_spacing, (), 2.0 ** -7),
     ]
 
 
@@ -205,7 +208,7 @@ def as_float_array(answer):
 
 
 def exercise_checks(build_it: bool) -> set[str]:
-    """The check_* functions of notebooks 00-06: build-it checks (their first parameter is the learner's
+    """The check_* functions of notebooks 00-06 and 08: build-it checks (their first parameter is the learner's
     ``function``) or the checks of a value."""
     found = set()
     for module in MODULES:
