@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 import lora_edu
-from lora_edu import counting, linalg, models
+from lora_edu import counting, linalg, models, pretrain
 from lora_edu.checks import reveal
-from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06
+from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb10
 
-MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06)
+MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb10)
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 NORMS = [13.5, 8.35, 6.24, 4.15, 3.37, 2.45, 1.81]
 
@@ -98,6 +98,7 @@ def cases():
     b_1, a_1, _ = linalg.fit_lora_factors(m, 1, steps=800, lr=0.01, batch=32, seed=0)     # notebook 01, Exercise 5
     fit_error = linalg.relative_error(b_1 @ a_1, m)
     rank_for_2_percent = nb02.smallest_rank_for_error(sigma_photo, 0.02)                    # notebook 02, Exercise 3
+    gpt = pretrain.load_pretrained_gpt()                                                     # notebook 10, Exercise 3
     return [
         Case(nb00.check_dense_count, (), 100),
         Case(nb00.check_factored_count, (), 40),
@@ -144,6 +145,9 @@ def cases():
         Case(nb06.check_loglog_slope, (RANKS, NORMS), float(np.polyfit(np.log(RANKS), np.log(NORMS), 1)[0])),
         Case(nb06.check_directions_for_energy, (update, 0.95), int(lora_edu.update_analysis.directions_for_energy(
             update, 0.95))),
+        Case(nb10.check_double_quant_bits, (), 4 + 8 / 128 + 32 / (128 * 256), kwargs=dict(blocksize=128, blocksize2=256)),
+        Case(nb10.check_quantized_bytes, (gpt,), nb10.measure_quantized_bytes(gpt)),
+        Case(nb10.check_loraplus_ratio, (), 4.0, kwargs=dict(alpha=8, new_alpha=32)),
     ]
 
 
