@@ -16,8 +16,9 @@
   intrinsic rank of a full fine-tuning update.
 - ``adapters`` (07): many adapters on one model: ``set_adapter``, ``disable_adapter``, ``delete_adapter`` and
   mixed batches (``per_example_adapters``).
-- ``quantization`` (10): 4-bit blockwise quantization from scratch (QLoRA's NF4, int4, FP4), byte-equal to
-  bitsandbytes.
+- ``quantization``, ``variants`` (10): 4-bit blockwise quantization from scratch (QLoRA's NF4, int4, FP4),
+  byte-equal to bitsandbytes; LoRA+, DoRA and PiSSA (``lora_edu.variants``); the memory estimator is
+  ``counting.finetuning_memory_bytes``.
 """
 import logging as _logging
 

@@ -19,7 +19,8 @@ from .linalg import check_rank
 __all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "TransformerShape", "GPT2_SMALL",
            "LLAMA_7B", "GPT3_175B", "PUBLISHED_MODELS", "linear_layer_shapes", "count_model_params",
            "lora_trainable_params", "BYTES_PER_VALUE", "PRECISIONS", "training_memory_bytes", "checkpoint_bytes",
-           "activation_bytes", "format_count", "format_bytes"]
+           "activation_bytes", "format_count", "format_bytes", "LLAMA2_7B", "LLAMA2_13B", "LLAMA2_70B",
+           "LLAMA_65B", "LLAMA_FAMILY", "FINETUNING_METHODS", "finetuning_memory_bytes"]
 
 
 def full_params(d: int, k: int) -> int:
@@ -75,6 +76,16 @@ class TransformerShape:
     biases: bool
     tied_embeddings: bool
     source: str
+    n_heads: int = 0
+    n_kv_heads: int = 0
+
+    @property
+    def kv_dim(self) -> int:
+        """The output width of ``k`` and ``v``: ``d_model``, or ``d_model · n_kv_heads / n_heads`` with
+        grouped-query attention."""
+        if self.n_heads and self.n_kv_heads:
+            return self.d_model * self.n_kv_heads // self.n_heads
+        return self.d_model
 
 
 GPT2_SMALL = TransformerShape(
@@ -98,6 +109,28 @@ GPT3_175B = TransformerShape(
            "as GPT-2, so GPT-2's 50,257-token vocabulary is assumed)")
 PUBLISHED_MODELS = (GPT2_SMALL, LLAMA_7B, GPT3_175B)
 
+# The LLaMA family for notebook 10's memory estimator (SwiGLU, RMSNorm, rotary positions, untied head, no biases).
+_LLAMA = dict(n_positions=0, mlp="swiglu", norm="rmsnorm", biases=False, tied_embeddings=False, vocab_size=32000)
+LLAMA2_7B = TransformerShape(
+    "Llama-2-7B", n_layers=32, d_model=4096, d_ff=11008, n_heads=32, n_kv_heads=32, **_LLAMA,
+    source="Touvron et al. 2023, arXiv 2307.09288 (Llama 2): the 7B model has LLaMA-7B's shape; released "
+           "config (Hugging Face meta-llama/Llama-2-7b-hf: hidden_size 4096, intermediate_size 11008, "
+           "32 layers, 32 heads, vocab_size 32000)")
+LLAMA2_13B = TransformerShape(
+    "Llama-2-13B", n_layers=40, d_model=5120, d_ff=13824, n_heads=40, n_kv_heads=40, **_LLAMA,
+    source="released config (Hugging Face meta-llama/Llama-2-13b-hf: hidden_size 5120, intermediate_size "
+           "13824, 40 layers, 40 heads, vocab_size 32000)")
+LLAMA2_70B = TransformerShape(
+    "Llama-2-70B", n_layers=80, d_model=8192, d_ff=28672, n_heads=64, n_kv_heads=8, **_LLAMA,
+    source="Touvron et al. 2023, arXiv 2307.09288, Sec. 2.2 (grouped-query attention for 70B); released "
+           "config (Hugging Face meta-llama/Llama-2-70b-hf: hidden_size 8192, intermediate_size 28672, "
+           "80 layers, 64 heads, 8 key/value heads: k_proj and v_proj are 8192 -> 1024)")
+LLAMA_65B = TransformerShape(
+    "LLaMA-65B", n_layers=80, d_model=8192, d_ff=22016, n_heads=64, n_kv_heads=64, **_LLAMA,
+    source="Touvron et al. 2023, arXiv 2302.13971, Table 2 (65.2B: dimension 8192, 64 heads, 80 layers); "
+           "intermediate_size 22016 from the released config")
+LLAMA_FAMILY = (LLAMA2_7B, LLAMA2_13B, LLAMA2_70B)
+
 
 def _check_shape(shape) -> TransformerShape:
     return _validate.instance("shape", shape, TransformerShape, "a TransformerShape (e.g. lora_edu.counting.LLAMA_7B)")
@@ -106,12 +139,13 @@ def _check_shape(shape) -> TransformerShape:
 def linear_layer_shapes(shape: TransformerShape) -> dict[str, tuple[int, int]]:
     """The weight matrices of one transformer block, by name, as ``(d_in, d_out)``.
 
-    Attention: ``q``, ``k``, ``v``, ``o``, each ``d_model × d_model``. MLP: ``up`` ``(d_model, d_ff)`` and
+    Attention: ``q``, ``k``, ``v``, ``o``, each ``d_model × d_model`` (``k`` and ``v`` narrower with
+    grouped-query attention: ``(d_model, kv_dim)``). MLP: ``up`` ``(d_model, d_ff)`` and
     ``down`` ``(d_ff, d_model)``, plus ``gate`` ``(d_model, d_ff)`` for SwiGLU. (GPT-2 stores q, k, v as one
     fused ``c_attn`` of shape ``(768, 2304)``; split, it is the same three matrices.)
     See notebook 03_parameter_savings."""
     s = _check_shape(shape)
-    layers = {name: (s.d_model, s.d_model) for name in ("q", "k", "v", "o")}
+    layers = {name: (s.d_model, s.d_model if name in ("q", "o") else s.kv_dim) for name in ("q", "k", "v", "o")}
     if s.mlp == "swiglu":
         layers["gate"] = (s.d_model, s.d_ff)
     layers["up"] = (s.d_model, s.d_ff)
@@ -202,6 +236,65 @@ def activation_bytes(shape: TransformerShape, n_heads: int, batch: int, seq_len:
     seq = _validate.integer("seq_len", seq_len, 1)
     per_layer = 34 * seq * b * s.d_model + 5 * a * seq * seq * b  # s·b·h·(34 + 5as/h), kept in integers
     return s.n_layers * per_layer
+
+
+FINETUNING_METHODS = ("full", "lora", "qlora")
+
+
+def finetuning_memory_bytes(shape: TransformerShape, method: str, r: int = 8, targets=("q", "v"), batch: int = 1,
+                            seq_len: int = 512, checkpointing: bool = False) -> dict[str, int]:
+    """An estimate of the GPU memory a fine-tuning step needs, by part, for a model of ``shape``.
+
+    ``method``: ``"full"`` (every parameter trains, bf16 mixed precision), ``"lora"`` (bf16 frozen base, LoRA of
+    rank ``r`` on ``targets`` in every block) or ``"qlora"`` (the blocks' linear weights in NF4 with double
+    quantization, ``lora_edu.quantization.bits_per_parameter(64, True)`` ≈ 4.127 bits each; embeddings, head and
+    norms in bf16; LoRA as for ``"lora"``). Parts, in bytes:
+
+    - ``weights``: frozen and trainable weights as stored (2 bytes per bf16 number);
+    - ``gradients``: 2 bytes per trainable parameter (bf16);
+    - ``optimizer``: Adam's fp32 master copy and two moments, 12 bytes per trainable parameter;
+    - ``activations``: what the backward pass keeps, bf16, for ``batch`` sequences of ``seq_len`` tokens, with
+      fused (flash) attention, which keeps no ``seq_len²`` score matrix. Per block and token: the inputs of the
+      two norms and their outputs (4·d), q, k, v and the attention output (2·d + 2·kv_dim), the MLP's inner
+      activations (3·d_ff for SwiGLU: gate, up and their product; 2·d_ff for a GELU MLP) and r numbers per
+      LoRA target; plus the logits (bf16, and fp32 for the loss: 6 bytes per vocabulary entry and token).
+      With ``checkpointing`` only each block's input (d per token) is kept, plus one block recomputed at a
+      time. The same count for all three methods: an upper bound for LoRA, whose frozen layers need not keep
+      their inputs.
+    - ``total``: their sum. Not counted: the CUDA context, the allocator's cache and temporary buffers.
+
+    See notebook 10_lora_variants, which checks it against published measurements.
+    """
+    s = _check_shape(shape)
+    method = _validate.choice("method", method, FINETUNING_METHODS)
+    r = _validate.integer("r", r, 1)
+    batch = _validate.integer("batch", batch, 1)
+    seq_len = _validate.integer("seq_len", seq_len, 1)
+    checkpointing = _validate.boolean("checkpointing", checkpointing)
+    total = count_model_params(s)
+    layers = linear_layer_shapes(s)
+    block_linear = s.n_layers * sum(d_in * d_out for d_in, d_out in layers.values())
+    adapter = 0 if method == "full" else lora_trainable_params(s, r, targets)
+    trainable = total if method == "full" else adapter
+    if method == "qlora":
+        from .quantization import bits_per_parameter
+        weights = round(block_linear * bits_per_parameter(64, double_quant=True) / 8) + 2 * (total - block_linear)
+    else:
+        weights = 2 * total
+    weights += 2 * adapter
+    tokens = batch * seq_len
+    n_targets = len(layers) if targets == "all" else len(targets)
+    lora_acts = 0 if method == "full" else r * n_targets
+    mlp_acts = (3 if s.mlp == "swiglu" else 2) * s.d_ff
+    per_token_block = 4 * s.d_model + 2 * s.d_model + 2 * s.kv_dim + mlp_acts + lora_acts
+    if checkpointing:
+        kept = tokens * (s.n_layers * s.d_model + per_token_block)
+    else:
+        kept = tokens * s.n_layers * per_token_block
+    parts = {"weights": weights, "gradients": 2 * trainable, "optimizer": 12 * trainable,
+             "activations": 2 * kept + 6 * tokens * s.vocab_size}
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def format_count(n) -> str:

@@ -9,6 +9,7 @@ Explained in notebook 05_finetuning_strategies_compared.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import tempfile
@@ -60,6 +61,27 @@ def measured_training_memory_bytes(model: nn.Module) -> dict[str, int]:
     return {"weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
             "optimizer": optimizer, "trainable_total": trainable_weights + gradients + optimizer,
             "total": weights + gradients + optimizer}
+
+
+def saved_activation_bytes(model: nn.Module, loss_fn, *inputs) -> int:
+    """Exact bytes of the tensors autograd keeps for the backward pass of ``loss_fn(model(*inputs))`` — the
+    activations a training step holds in memory between forward and backward — without the model's own parameters
+    and buffers (they are in memory anyway). Each storage is counted once, however many views of it are saved.
+    Nothing is trained (no backward runs). See notebook 10_lora_variants (DoRA's and QLoRA's memory)."""
+    _validate.module("model", model)
+    own = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = loss_fn(model(*inputs))
+    del loss
+    return sum(kept.values())
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

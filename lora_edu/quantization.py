@@ -150,8 +150,8 @@ def _dequantize(packed, absmax, code, shape, blocksize) -> torch.Tensor:
     indices = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()
     n = torch.Size(shape).numel()
     values = code.to(packed.device)[indices[:n]]
-    block_of = torch.arange(n, device=packed.device) // blocksize
-    return (values * absmax[block_of]).reshape(shape)
+    values = F.pad(values, (0, -n % blocksize)).reshape(-1, blocksize)   # one row per block (the last padded)
+    return (values * absmax[:, None]).reshape(-1)[:n].reshape(shape)
 
 
 def quantization_error(weight: torch.Tensor, blocksize: int = 64, code: torch.Tensor | None = None) -> float:
