@@ -1,7 +1,7 @@
 """Checks for the exercises of notebook 06_rank_and_alpha_explorer, with a hint for the usual mistakes (the two
 scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope fitted without logarithms, the theory
-value or the whole np.polyfit result given as the slope), a scaling rule built by hand, and a learning-rate ratio
-read off the notebook's own sweep."""
+value or the whole np.polyfit result given as the slope), a scaling rule built by hand, and a learning rate predicted,
+then measured on the notebook's own task."""
 from __future__ import annotations
 
 import math
@@ -170,17 +170,31 @@ def check_scaling_function(function) -> CheckResult:
     return passed(name, "correct: equal to lora_scaling on all 16 cases, and an unknown rule raises ValueError.")
 
 
+def measured_best_lr(sweep, method) -> float:
+    """The median over seeds of ``method``'s best learning rate in ``sweep`` (a `lora_edu.batched.LRSweep`)."""
+    return float(np.median(sweep.best_lr(method)))
+
+
 @exercise("Exercise 6")
-def check_full_over_lora_lr(name, answer, sweep, rank: int = 8) -> CheckResult:
-    """Exercise 6 (the notebook's own sweep): the median over seeds of full fine-tuning's best learning rate,
-    divided by the median of LoRA's at ``rank`` (``sweep``: a `lora_edu.batched.LRSweep`)."""
-    full, lora = float(np.median(sweep.best_lr("full"))), float(np.median(sweep.best_lr(rank)))
-    largest = max(m for m in sweep.methods if m != "full")
-    result = check_value(name, answer, full / lora, rtol=1e-6, what="ratio")
-    return hint_for_mistake(result, answer, [
-        (lora / full, "upside down: full fine-tuning's best rate goes on top."),
-        (float(np.median(sweep.best_loss("full")) / np.median(sweep.best_loss(rank))),
-         "that is a ratio of the best losses; the question asks about the best learning rates."),
-        (full / float(np.median(sweep.best_lr(largest))), f"that uses rank {largest}; the question asks about rank "
-                                                           f"{rank}."),
-    ])
+def check_predicted_best_lr(name, answer, sweep, method) -> CheckResult:
+    """Exercise 6 (predict, then measure): a prediction of ``method``'s best learning rate, compared with the
+    median over seeds measured in ``sweep`` (a `lora_edu.batched.LRSweep` whose rates are factors of 2 apart).
+
+    A prediction within a factor of 2 of the measurement passes (one step of the grid: the resolution of the
+    measurement); otherwise the check says the direction and a coarse size (more than 2×, 4× or 8× off),
+    never the measured rate."""
+    measured = measured_best_lr(sweep, method)
+    if answer is REVEAL:
+        return revealed(name, f"measured best learning rate {measured:g} (median over {len(sweep.seeds)} seeds)")
+    value = as_numbers(answer)
+    if value is None or value.shape != () or not np.isfinite(value) or float(value) <= 0:
+        return failed(name, f"expected a positive number (a learning rate), got {answer!r}.")
+    got = float(value)
+    factor = max(got / measured, measured / got)
+    if factor <= 2 * (1 + 1e-9):
+        return passed(name, f"your prediction {got:g} is within a factor of 2 of the measured best rate "
+                            f"{measured:g} (median over {len(sweep.seeds)} seeds): the grid's resolution.")
+    size = next(f"more than {k}x" for k in (8, 4, 2) if factor > k)
+    direction = "too high" if got > measured else "too low"
+    return failed(name, f"your prediction is {direction}, off by {size}. Look again at how the best rate moved "
+                        f"between the ranks that were measured under the same rule, and by how much.")
