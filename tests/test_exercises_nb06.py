@@ -132,6 +132,10 @@ def test_scaling_function_refuses_lora_edus_own_function():
 
     result = nb06.check_scaling_function(shortcut)
     assert result.passed is False and "write the formula yourself" in result.message
+    import lora_edu.scaling_rules as rules
+    hidden = lambda alpha, r, rule: rules.__dict__["lora_" + "scaling"](alpha, r, rule)  # no name to spot
+    result = nb06.check_scaling_function(hidden)
+    assert result.passed is False and "write the formula yourself" in result.message
 
 
 class FakeSweep:

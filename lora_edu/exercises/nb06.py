@@ -12,6 +12,7 @@ from ..checks import (REVEAL, CheckResult, as_numbers, check_int, check_value, e
                       how_far, not_answered, passed, revealed)
 from ..scaling_rules import SCALING_RULES, lora_scaling
 from ..update_analysis import directions_for_energy, loglog_slope
+from ._build_it import run_watched
 
 
 @exercise("Exercise 1")
@@ -145,11 +146,14 @@ def check_scaling_function(function) -> CheckResult:
                             "the check compares against).")
     for number, (alpha, r, rule) in enumerate(_scaling_cases(), start=1):
         expected = lora_scaling(alpha, r, rule)
-        try:
-            got = function(alpha, r, rule)
+        try:  # watched: lora_scaling is refused however it is reached (an alias, a module's __dict__, ...)
+            got, called = run_watched(function, (alpha, r, rule), {"lora_scaling": lora_scaling})
         except Exception as error:  # the learner's code: report whatever it raised
             return failed(name, f"case {number} (alpha={alpha}, r={r}, rule={rule!r}) raised "
                                 f"{type(error).__name__}: {error}")
+        if called:
+            return failed(name, "it calls lora_edu's lora_scaling: write the formula yourself (that function is "
+                                "what the check compares against).")
         if got is None and number == 1:
             return not_answered(name)
         if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
