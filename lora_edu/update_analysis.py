@@ -241,7 +241,7 @@ class TwoRateRun:
 
 def train_lora_two_learning_rates(base_model: nn.Module, task, r: int, alpha: float, lr_A: float, lr_B: float,
                                   steps: int = 30, batch_size: int | None = 256, eps: float = 1e-8,
-                                  seed: int = 0, target_modules=None) -> TwoRateRun:
+                                  seed: int = 0, target_modules=None, init_scale: float = 1.0) -> TwoRateRun:
     """LoRA (α/r scaling) trained with `torch.optim.Adam` and two parameter groups: every ``lora_A`` at
     ``lr_A``, every ``lora_B`` at ``lr_B`` (β = 0.9, 0.999, ``eps``; LoRA+ uses such a pair, notebook 10).
 
@@ -249,7 +249,9 @@ def train_lora_two_learning_rates(base_model: nn.Module, task, r: int, alpha: fl
     ``linear_targets``); layer position i's ``A (r, in)`` is `lora_init_A` with seed ``seed + i`` and ``B = 0``,
     the batches those of `batch_indices` with ``seed``, as in `lora_edu.batched.train_lora_batch`. So
     ``(c·α, lr, lr)`` and ``(α, lr, c·lr)`` start from the same function, and under Adam they stay the same
-    function (up to ``eps``): see notebook 06_rank_and_alpha_explorer. Returns a `TwoRateRun`.
+    function (up to ``eps``): see notebook 06_rank_and_alpha_explorer. ``init_scale`` multiplies every initial
+    ``A`` (default 1): under Adam ``(c·α, lr, lr)`` and ``(α, √c·lr, √c·lr)`` with ``init_scale=√c`` are the same
+    function too. Returns a `TwoRateRun`.
     """
     r = _validate.integer("r", r, 1)
     alpha = _validate.positive("alpha", alpha)
@@ -257,6 +259,7 @@ def train_lora_two_learning_rates(base_model: nn.Module, task, r: int, alpha: fl
     steps = _validate.integer("steps", steps, 1)
     eps = _validate.real("eps", eps, 0)
     seed = _validate.integer("seed", seed, 0)
+    init_scale = _validate.positive("init_scale", init_scale)
     layers, positions = frozen_linear_stack(base_model, target_modules)
     target_modules, task = _targets_and_task(base_model, target_modules, task)
     with torch.random.fork_rng(devices=[]):  # add_lora's own draw of A must not move the global state
@@ -266,7 +269,8 @@ def train_lora_two_learning_rates(base_model: nn.Module, task, r: int, alpha: fl
     with torch.no_grad():
         for position, name in zip(positions, target_modules):
             layer = lora[name]
-            layer.lora_A["default"].copy_(lora_init_A(layer.in_features, r, seed + position, layer.base.weight.device))
+            layer.lora_A["default"].copy_(init_scale * lora_init_A(layer.in_features, r, seed + position,
+                                                                   layer.base.weight.device))
     optimizer = torch.optim.Adam([
         {"params": [lora[name].lora_A["default"] for name in target_modules], "lr": lr_A},
         {"params": [lora[name].lora_B["default"] for name in target_modules], "lr": lr_B},

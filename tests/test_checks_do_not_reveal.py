@@ -84,8 +84,8 @@ def nb04_model():
 
 
 def nb06_sweep():
-    """An LRSweep like the notebook's: ranks 8 and 64 and full fine-tuning, 7 rates, 3 seeds, made-up losses whose
-    best rates are 0.032 (r = 8), 0.008 (r = 64) and 0.016 (full)."""
+    """An LRSweep: ranks 8 and 64 and full fine-tuning, 7 rates, 3 seeds, made-up losses whose best rates are
+    0.032 (r = 8), 0.008 (r = 64) and 0.016 (full)."""
     lrs = tuple(2e-3 * 2 ** i for i in range(7))
     best = {8: 4, 64: 2, "full": 3}
     loss = np.array([[[1.0 + abs(i - best[m]) + 0.01 * seed for seed in range(3)] for i in range(7)]
@@ -160,7 +160,8 @@ def cases():
         Case(nb06.check_loglog_slope, (RANKS, NORMS), float(np.polyfit(np.log(RANKS), np.log(NORMS), 1)[0])),
         Case(nb06.check_directions_for_energy, (update, 0.95), int(lora_edu.update_analysis.directions_for_energy(
             update, 0.95))),
-        Case(nb06.check_full_over_lora_lr, (nb06_sweep(),), 0.5, kwargs=dict(rank=8)),
+        Case(nb06.check_predicted_best_lr, (nb06_sweep(), 8), 0.032, wrongs=[0.0, -0.032, 0.08, 0.0107, 0.32, 0.002],
+             unique=False, hidden=[0.032]),
         Case(nb08.check_all_linear_count, (), 3 * 4 * (4 * (96 + 96) + 3 * (96 + 256)), kwargs=dict(r=4)),
         Case(nb08.check_code_loss_drop, (2.31, 1.74), 2.31 - 1.74),
         Case(nb08.check_bf16_spacing, (), 2.0 ** -7),

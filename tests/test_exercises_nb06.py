@@ -132,30 +132,33 @@ def test_scaling_function_refuses_lora_edus_own_function():
 
     result = nb06.check_scaling_function(shortcut)
     assert result.passed is False and "write the formula yourself" in result.message
+    import lora_edu.scaling_rules as rules
+    hidden = lambda alpha, r, rule: rules.__dict__["lora_" + "scaling"](alpha, r, rule)  # no name to spot
+    result = nb06.check_scaling_function(hidden)
+    assert result.passed is False and "write the formula yourself" in result.message
 
 
 class FakeSweep:
-    """The part of an LRSweep that Exercise 6 reads: best rates and best losses per seed."""
-    methods = (8, 64, "full")
+    """The part of an LRSweep that Exercise 6 reads: the seeds and each seed's best rate."""
+    seeds = (0, 1)
 
     def best_lr(self, method):
-        return np.array({8: [0.032, 0.032, 0.016], 64: [0.008, 0.008, 0.008], "full": [0.016, 0.016, 0.032]}[method])
-
-    def best_loss(self, method):
-        return np.array({8: [0.4, 0.5, 0.6], 64: [0.18, 0.19, 0.2], "full": [0.13, 0.15, 0.17]}[method])
+        return np.array({32: [0.02, 0.04], 8: [0.04, 0.04]}[method])
 
 
-def test_full_over_lora_lr():
+def test_predicted_best_lr():
     sweep = FakeSweep()
-    assert nb06.check_full_over_lora_lr(0.5, sweep, rank=8)
-    assert nb06.check_full_over_lora_lr(NOT_ANSWERED, sweep).passed is None
-    upside = nb06.check_full_over_lora_lr(2.0, sweep, rank=8)
-    assert not upside and "upside down" in upside.message and "too high" in upside.message
-    losses = nb06.check_full_over_lora_lr(0.3, sweep, rank=8)
-    assert not losses and "ratio of the best losses" in losses.message
-    assert "rank 64" in nb06.check_full_over_lora_lr(2.0, FakeSweepFlip(), rank=8).message
-
-
-class FakeSweepFlip(FakeSweep):
-    def best_lr(self, method):
-        return np.array({8: [0.004] * 3, 64: [0.008] * 3, "full": [0.016] * 3}[method])
+    measured = float(np.median([0.02, 0.04]))                      # 0.03
+    assert nb06.measured_best_lr(sweep, 32) == measured
+    assert nb06.check_predicted_best_lr(NOT_ANSWERED, sweep, 32).passed is None
+    for close in (measured, 0.02, 0.04, 0.06, 0.015):               # within a factor of 2: one grid step
+        assert nb06.check_predicted_best_lr(close, sweep, 32), close
+    high = nb06.check_predicted_best_lr(0.1, sweep, 32)
+    assert not high and "too high, off by more than 2x" in high.message and "0.03" not in high.message
+    low = nb06.check_predicted_best_lr(0.001, sweep, 32)
+    assert not low and "too low, off by more than 8x" in low.message
+    assert "more than 4x" in nb06.check_predicted_best_lr(0.006, sweep, 32).message
+    for bad in (0.0, -0.03, "0.03", [0.03, 0.04], float("nan")):
+        result = nb06.check_predicted_best_lr(bad, sweep, 32)
+        assert result.passed is False and "expected a positive number" in result.message
+    assert "0.03" in str(nb06.check_predicted_best_lr(nb06.REVEAL, sweep, 32))

@@ -145,6 +145,17 @@ def test_scaling_alpha_by_c_is_scaling_the_learning_rate_of_b_by_c(mlp, task):
     np.testing.assert_allclose(run(alpha, lr, lr).val_loss, same, rtol=1e-5)
 
 
+def test_scaling_alpha_by_c_is_one_rate_times_sqrt_c_with_a_sqrt_c_larger_a(mlp, task):
+    c, alpha, lr = 4, 4, 2e-3
+    scaled = update_analysis.train_lora_two_learning_rates(mlp, task, 4, c * alpha, lr, lr, steps=12, batch_size=64)
+    rescaled = update_analysis.train_lora_two_learning_rates(mlp, task, 4, alpha, 2 * lr, 2 * lr, steps=12,
+                                                             batch_size=64, init_scale=2.0)
+    plain = update_analysis.train_lora_two_learning_rates(mlp, task, 4, alpha, 2 * lr, 2 * lr, steps=12,
+                                                          batch_size=64)
+    np.testing.assert_allclose(scaled.val_loss, rescaled.val_loss, rtol=1e-5)
+    assert np.abs(scaled.val_loss - plain.val_loss).max() > 100 * np.abs(scaled.val_loss - rescaled.val_loss).max()
+
+
 def test_full_rank_layers(mlp):
     assert update_analysis.full_rank_layers(mlp, 8) == []
     assert update_analysis.full_rank_layers(mlp, 32) == ["fc1", "fc2"]  # fc1 is 32 x 64, fc2 32 x 32
@@ -162,3 +173,5 @@ def test_bad_input_to_the_two_rate_run(mlp, task):
         update_analysis.train_lora_two_learning_rates(mlp, task, 4, 8, 1e-3, 1e-3, eps=-1)
     with pytest.raises(ValueError, match="r must be an int >= 1"):
         update_analysis.train_lora_two_learning_rates(mlp, task, 0, 8, 1e-3, 1e-3)
+    with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
+        update_analysis.train_lora_two_learning_rates(mlp, task, 4, 8, 1e-3, 1e-3, init_scale=0)

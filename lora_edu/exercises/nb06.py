@@ -1,7 +1,7 @@
 """Checks for the exercises of notebook 06_rank_and_alpha_explorer, with a hint for the usual mistakes (the two
 scaling rules swapped, the SGD rule used for Adam, σ instead of σ², a slope fitted without logarithms, the theory
-value or the whole np.polyfit result given as the slope), a scaling rule built by hand, and a learning-rate ratio
-read off the notebook's own sweep."""
+value or the whole np.polyfit result given as the slope), a scaling rule built by hand, and a learning rate predicted,
+then measured on the notebook's own task."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ from ..checks import (REVEAL, CheckResult, as_numbers, check_int, check_value, e
                       how_far, not_answered, passed, revealed)
 from ..scaling_rules import SCALING_RULES, lora_scaling
 from ..update_analysis import directions_for_energy, loglog_slope
+from ._build_it import run_watched
 
 
 @exercise("Exercise 1")
@@ -145,11 +146,14 @@ def check_scaling_function(function) -> CheckResult:
                             "the check compares against).")
     for number, (alpha, r, rule) in enumerate(_scaling_cases(), start=1):
         expected = lora_scaling(alpha, r, rule)
-        try:
-            got = function(alpha, r, rule)
+        try:  # watched: lora_scaling is refused however it is reached (an alias, a module's __dict__, ...)
+            got, called = run_watched(function, (alpha, r, rule), {"lora_scaling": lora_scaling})
         except Exception as error:  # the learner's code: report whatever it raised
             return failed(name, f"case {number} (alpha={alpha}, r={r}, rule={rule!r}) raised "
                                 f"{type(error).__name__}: {error}")
+        if called:
+            return failed(name, "it calls lora_edu's lora_scaling: write the formula yourself (that function is "
+                                "what the check compares against).")
         if got is None and number == 1:
             return not_answered(name)
         if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
@@ -170,17 +174,31 @@ def check_scaling_function(function) -> CheckResult:
     return passed(name, "correct: equal to lora_scaling on all 16 cases, and an unknown rule raises ValueError.")
 
 
+def measured_best_lr(sweep, method) -> float:
+    """The median over seeds of ``method``'s best learning rate in ``sweep`` (a `lora_edu.batched.LRSweep`)."""
+    return float(np.median(sweep.best_lr(method)))
+
+
 @exercise("Exercise 6")
-def check_full_over_lora_lr(name, answer, sweep, rank: int = 8) -> CheckResult:
-    """Exercise 6 (the notebook's own sweep): the median over seeds of full fine-tuning's best learning rate,
-    divided by the median of LoRA's at ``rank`` (``sweep``: a `lora_edu.batched.LRSweep`)."""
-    full, lora = float(np.median(sweep.best_lr("full"))), float(np.median(sweep.best_lr(rank)))
-    largest = max(m for m in sweep.methods if m != "full")
-    result = check_value(name, answer, full / lora, rtol=1e-6, what="ratio")
-    return hint_for_mistake(result, answer, [
-        (lora / full, "upside down: full fine-tuning's best rate goes on top."),
-        (float(np.median(sweep.best_loss("full")) / np.median(sweep.best_loss(rank))),
-         "that is a ratio of the best losses; the question asks about the best learning rates."),
-        (full / float(np.median(sweep.best_lr(largest))), f"that uses rank {largest}; the question asks about rank "
-                                                           f"{rank}."),
-    ])
+def check_predicted_best_lr(name, answer, sweep, method) -> CheckResult:
+    """Exercise 6 (predict, then measure): a prediction of ``method``'s best learning rate, compared with the
+    median over seeds measured in ``sweep`` (a `lora_edu.batched.LRSweep` whose rates are factors of 2 apart).
+
+    A prediction within a factor of 2 of the measurement passes (one step of the grid: the resolution of the
+    measurement); otherwise the check says the direction and a coarse size (more than 2×, 4× or 8× off),
+    never the measured rate."""
+    measured = measured_best_lr(sweep, method)
+    if answer is REVEAL:
+        return revealed(name, f"measured best learning rate {measured:g} (median over {len(sweep.seeds)} seeds)")
+    value = as_numbers(answer)
+    if value is None or value.shape != () or not np.isfinite(value) or float(value) <= 0:
+        return failed(name, f"expected a positive number (a learning rate), got {answer!r}.")
+    got = float(value)
+    factor = max(got / measured, measured / got)
+    if factor <= 2 * (1 + 1e-9):
+        return passed(name, f"your prediction {got:g} is within a factor of 2 of the measured best rate "
+                            f"{measured:g} (median over {len(sweep.seeds)} seeds): the grid's resolution.")
+    size = next(f"more than {k}x" for k in (8, 4, 2) if factor > k)
+    direction = "too high" if got > measured else "too low"
+    return failed(name, f"your prediction is {direction}, off by {size}. Look again at how the best rate moved "
+                        f"between the ranks that were measured under the same rule, and by how much.")
