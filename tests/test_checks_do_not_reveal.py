@@ -1,4 +1,4 @@
-"""No exercise check of notebooks 00-06 gives a wrong answer its expected value, the exact offset or the exact
+"""No exercise check of notebooks 00-06 and 09 gives a wrong answer its expected value, the exact offset or the exact
 relative error (COURSE.md, "Exercises that teach"); `reveal` shows the value on request.
 
 Every check_* of lora_edu.exercises.nb00 ... nb06 gets the inputs its notebook gives it (or inputs like them where
@@ -18,9 +18,9 @@ from torch import nn
 import lora_edu
 from lora_edu import counting, linalg, models
 from lora_edu.checks import reveal
-from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06
+from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb09
 
-MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06)
+MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb09)
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 NORMS = [13.5, 8.35, 6.24, 4.15, 3.37, 2.45, 1.81]
 
@@ -98,6 +98,8 @@ def cases():
     b_1, a_1, _ = linalg.fit_lora_factors(m, 1, steps=800, lr=0.01, batch=32, seed=0)     # notebook 01, Exercise 5
     fit_error = linalg.relative_error(b_1 @ a_1, m)
     rank_for_2_percent = nb02.smallest_rank_for_error(sigma_photo, 0.02)                    # notebook 02, Exercise 3
+    frozen = rng.normal(size=(32, 24))                                                      # notebook 09, Exercise 2
+    lora_update = 0.1 * rng.normal(size=(32, 4)) @ rng.normal(size=(4, 24))
     return [
         Case(nb00.check_dense_count, (), 100),
         Case(nb00.check_factored_count, (), 40),
@@ -144,6 +146,9 @@ def cases():
         Case(nb06.check_loglog_slope, (RANKS, NORMS), float(np.polyfit(np.log(RANKS), np.log(NORMS), 1)[0])),
         Case(nb06.check_directions_for_energy, (update, 0.95), int(lora_edu.update_analysis.directions_for_energy(
             update, 0.95))),
+        Case(nb09.check_amplification, (lora_update, frozen, 4), lora_edu.what_lora_learns.amplification_factor(
+            lora_update, frozen, 4)),
+        Case(nb09.check_random_similarity, (8, 64, 256), 0.25),
     ]
 
 
