@@ -9,6 +9,8 @@ Explained in notebook 09_what_lora_learns.
 - `max_cosine_to_base`, `intruder_dimensions`: singular vectors of a fine-tuned weight far from every
   pretrained one (Shuttleworth et al. 2024, arXiv 2410.21228; PEFT's ``peft/tuners/lora/intruders.py`` uses
   the same test with ``top_k=10, threshold_epsilon=0.5``).
+- `target_module_sweep`: LoRA on different ``target_modules`` of the tiny GPT (attention vs MLP), each with its
+  own learning rates and seeds (LoRA §7.1, Table 5).
 - `lora_sweep`, `full_finetune_sweep`: the digits runs every analysis of notebook 09 shares (LoRA of several
   ranks, learning rates and seeds side by side, and full fine-tuning on the same batches), each scored on the
   new task and on the original task it may forget.
@@ -25,6 +27,8 @@ from torch import nn
 
 from . import _validate
 from .batched import _forward, batch_indices, frozen_linear_stack, train_lora_batch
+from .data import random_windows
+from .lora import LoraConfig, add_lora
 from .linalg import as_matrix, check_rank
 from .scaling_rules import FIXED_ALPHA, lora_scaling
 from .strategies import apply_strategy
@@ -32,7 +36,8 @@ from .training import evaluate_accuracy, evaluate_loss, train
 
 __all__ = ["subspace_similarity", "expected_random_similarity", "top_singular_directions", "random_directions",
            "projection_norm", "amplification_factor", "amplification_table", "max_cosine_to_base",
-           "intruder_dimensions", "LoRASweep", "lora_sweep", "FullSweep", "full_finetune_sweep"]
+           "intruder_dimensions", "LoRASweep", "lora_sweep", "FullSweep", "full_finetune_sweep", "TargetSweep",
+           "target_module_sweep"]
 
 
 # Subspace similarity (LoRA §7.2) ---------------------------------------------------------------
@@ -290,3 +295,65 @@ def full_finetune_sweep(base_model: nn.Module, task, old_task, learning_rates=(1
                                        - base_model.get_submodule(name).weight.detach()).double().cpu().numpy()
                                 for name in names}
     return FullSweep(learning_rates, seeds, accuracy, loss, old_accuracy, deltas)
+
+
+@dataclass
+class TargetSweep:
+    """LoRA on several sets of ``target_modules`` of one language model.
+
+    ``labels``: the configurations' names; ``ranks``, ``trainable``: (C,) each one's rank and number of trainable
+    numbers; ``loss``: (C, L, S) validation loss (nats per character) after training, per configuration, learning
+    rate and seed; ``base_loss``: the frozen model's.
+    """
+
+    labels: tuple
+    ranks: tuple
+    trainable: tuple
+    learning_rates: tuple
+    seeds: tuple
+    loss: np.ndarray
+    base_loss: float
+
+    def best(self) -> tuple[np.ndarray, tuple]:
+        """``(losses (C, S), learning rates (C,))``: each configuration's seeds at its own best learning rate
+        (the lowest mean loss over seeds)."""
+        index = self.loss.mean(axis=2).argmin(axis=1)
+        return self.loss[np.arange(len(self.labels)), index], tuple(self.learning_rates[i] for i in index)
+
+
+def target_module_sweep(base_model: nn.Module, train_ids: torch.Tensor, val_windows, configs: dict,
+                        learning_rates=(3e-3, 1e-2, 2e-2), seeds=(0, 1), steps: int = 40, batch_size: int = 8,
+                        context: int = 32, alpha: float = FIXED_ALPHA) -> TargetSweep:
+    """Fine-tune LoRA on each configuration ``{label: (target_modules, r)}`` of a copy of ``base_model`` (a
+    language model such as `lora_edu.models.TinyGPT`; α fixed, ``s = α/r``) for every learning rate and seed:
+    AdamW (`lora_edu.training.train`) on ``steps`` batches of ``batch_size`` random windows of ``context``
+    characters of ``train_ids`` (1-D ids), drawn with the seed, which also draws the starting ``A``'s. Scored
+    by the mean cross-entropy on ``val_windows = (x, y)``. Torch's global random state is left as it was.
+    Returns a `TargetSweep`. See notebook 09_what_lora_learns.
+    """
+    _validate.module("base_model", base_model)
+    if not isinstance(configs, dict) or not configs:
+        raise ValueError(f"configs must be a non-empty dict {{label: (target_modules, r)}}, got {configs!r}")
+    learning_rates = _validate.positives("learning_rates", learning_rates)
+    seeds = _validate.integers("seeds", seeds, 0)
+    steps = _validate.integer("steps", steps, 1)
+    alpha = _validate.positive("alpha", alpha)
+    loss = np.zeros((len(configs), len(learning_rates), len(seeds)))
+    trainable, ranks = [], []
+    device = next(base_model.parameters()).device
+    for c, (label, (targets, r)) in enumerate(configs.items()):
+        r = _validate.integer(f"the rank of {label!r}", r, 1)
+        ranks.append(r)
+        for j, lr in enumerate(learning_rates):
+            for k, seed in enumerate(seeds):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    model = add_lora(copy.deepcopy(base_model), LoraConfig(target_modules=list(targets), r=r,
+                                                                           lora_alpha=alpha))
+                generator = torch.Generator().manual_seed(seed)
+                train(model, lambda step: random_windows(train_ids, batch_size, context, generator, device), steps, lr,
+                      progress=False)
+                loss[c, j, k] = evaluate_loss(model, *val_windows)
+        trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return TargetSweep(tuple(configs), tuple(ranks), tuple(trainable), learning_rates, seeds, loss,
+                       evaluate_loss(base_model, *val_windows))

@@ -187,3 +187,29 @@ def test_full_sweep_changes_every_weight_and_keeps_the_base(mlp, tasks):
     assert sweep.best_lr() in (1e-3, 1e-2)
     with pytest.raises(ValueError, match="steps"):
         w.full_finetune_sweep(mlp, new, old, steps=0)
+
+
+def test_target_module_sweep_on_a_tiny_gpt():
+    from lora_edu.models import GPTConfig, TinyGPT
+    torch.manual_seed(0)
+    gpt = TinyGPT(GPTConfig(context=16, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32)).eval()
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    ids = torch.randint(0, 20, (400,), generator=torch.Generator().manual_seed(1))
+    val = (ids[:64].view(4, 16), ids[1:65].view(4, 16))
+    state = torch.random.get_rng_state()
+    sweep = w.target_module_sweep(gpt, ids, val, {"q": (("q_proj",), 4), "mlp": (("up_proj", "down_proj"), 1)},
+                                  learning_rates=(1e-3, 1e-2), seeds=(0, 1), steps=5, batch_size=4, context=16)
+    assert torch.equal(torch.random.get_rng_state(), state), "the global random state is untouched"
+    assert all(torch.equal(before[k], v) for k, v in gpt.state_dict().items()), "the base model is not changed"
+    assert sweep.loss.shape == (2, 2, 2) and np.all(np.isfinite(sweep.loss))
+    assert sweep.trainable == (4 * (16 + 16), 1 * (16 + 32) + 1 * (32 + 16)) and sweep.ranks == (4, 1)
+    losses, lrs = sweep.best()
+    assert losses.shape == (2, 2) and set(lrs) <= {1e-3, 1e-2}
+    assert sweep.loss[0, 1].mean() < sweep.base_loss, "ten times the rate learns something in 5 steps"
+    assert sweep.loss[0, 1, 0] != sweep.loss[0, 1, 1], "seeds differ"
+    with pytest.raises(ValueError, match="configs must be"):
+        w.target_module_sweep(gpt, ids, val, {})
+    with pytest.raises(ValueError, match="rank of 'q'"):
+        w.target_module_sweep(gpt, ids, val, {"q": (("q_proj",), 0)}, steps=1)
+    with pytest.raises(ValueError, match="q_nope"):
+        w.target_module_sweep(gpt, ids, val, {"q": (("q_nope",), 2)}, steps=1)
