@@ -16,6 +16,8 @@
   intrinsic rank of a full fine-tuning update.
 - ``adapters`` (07): many adapters on one model: ``set_adapter``, ``disable_adapter``, ``delete_adapter`` and
   mixed batches (``per_example_adapters``).
+- ``what_lora_learns`` (09): the LoRA paper's subspace similarity φ and amplification factor, intruder dimensions,
+  and the shared digits sweeps (LoRA at several ranks, learning rates and seeds; full fine-tuning beside it).
 - ``quantization``, ``variants`` (10): 4-bit blockwise quantization from scratch (QLoRA's NF4, int4, FP4),
   byte-equal to bitsandbytes; LoRA+, DoRA and PiSSA (``lora_edu.variants``); the memory estimator is
   ``counting.finetuning_memory_bytes``.
@@ -38,6 +40,7 @@ from .peft_io import load_peft_adapter, save_peft_adapter  # notebook 04
 from . import data, measure, models, strategies, training  # noqa: F401  (05; not pretrain, bench: scripts)
 from .strategies import STRATEGIES, apply_strategy, merge_and_unload  # notebook 05
 from . import batched, scaling_rules, update_analysis  # noqa: F401  (notebook 06)
+from . import what_lora_learns  # noqa: F401  (notebook 09)
 from .adapters import delete_adapter, disable_adapter, per_example_adapters, set_adapter  # notebook 07
 from . import quantization  # noqa: F401  (notebook 10)
 

@@ -23,14 +23,15 @@ COURSE_MAP: list[tuple[str, str, str]] = [  # (file stem, title, what the learne
      "task adapters on one base; storage; each swap route timed next to its bound; mixed batches; combining"),
     ("08_lora_with_peft", "LoRA with PEFT",
      "a tiny transformers Llama; LoraConfig, Trainer, save/load, merge in bf16; lora_edu = PEFT; torchrun"),
-    ("09_what_lora_learns", "What LoRA learns", "the LoRA paper's analyses at toy scale"),
+    ("09_what_lora_learns", "What LoRA learns",
+     "the LoRA paper's §7 at toy scale (targets, rank, φ, amplification), forgetting, intruders, next to published"),
     ("10_lora_variants", "LoRA variants",
      "LoRA+, DoRA, PiSSA and QLoRA's NF4 from scratch, equal to PEFT and bitsandbytes; a memory estimator"),
     ("11_choosing_a_strategy", "Choosing a strategy", "decision guide, summary table, capstone"),
 ]
 
 
-COMING = ("09_what_lora_learns", "11_choosing_a_strategy")  # the notebooks still to be written
+COMING = ("11_choosing_a_strategy",)  # the notebooks still to be written
 
 
 def course_status() -> list[tuple[str, str, str, bool]]:

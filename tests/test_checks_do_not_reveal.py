@@ -1,7 +1,7 @@
-"""No exercise check of notebooks 00-06, 08 and 10 gives a wrong answer its expected value, the exact offset or
+"""No exercise check of notebooks 00-06 and 08-10 gives a wrong answer its expected value, the exact offset or
 the exact relative error (COURSE.md, "Exercises that teach"); `reveal` shows the value on request.
 
-Every value check_* of lora_edu.exercises.nb00 ... nb06, nb08 and nb10 gets the inputs its notebook gives it (or
+Every value check_* of lora_edu.exercises.nb00 ... nb06 and nb08 ... nb10 gets the inputs its notebook gives it (or
 inputs like them where the notebook computes them: the photo's singular values, the measured norms and updates) and
 several wrong answers: 0, -right, 1.5·right, right/2, 10·right, right + 1 for ints; for arrays also a transposed and a
 perturbed one. Build-it checks (the learner writes a function) are tested in tests/test_exercises_nbXX.py.
@@ -19,9 +19,9 @@ from torch import nn
 import lora_edu
 from lora_edu import counting, linalg, models, pretrain
 from lora_edu.checks import reveal
-from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb10
+from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb09, nb10
 
-MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb10)
+MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb09, nb10)
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 NORMS = [13.5, 8.35, 6.24, 4.15, 3.37, 2.45, 1.81]
 SWEEP_FINALS = {("rotated", "full"): [0.964, 0.968, 0.972], ("rotated", "lora"): [0.830, 0.838, 0.891]}  # as nb05's
@@ -112,6 +112,8 @@ def cases():
     fit_error = linalg.relative_error(b_1 @ a_1, m)
     rank_for_2_percent = nb02.smallest_rank_for_error(sigma_photo, 0.02)                    # notebook 02, Exercise 3
     gpt = pretrain.load_pretrained_gpt()                                                     # notebook 10, Exercise 3
+    frozen = rng.normal(size=(32, 24))                                                      # notebook 09, Exercise 2
+    lora_update = 0.1 * rng.normal(size=(32, 4)) @ rng.normal(size=(4, 24))
     return [
         Case(nb00.check_dense_count, (), 100),
         Case(nb00.check_factored_count, (), 40),
@@ -169,6 +171,9 @@ def cases():
              kwargs=dict(blocksize=128, blocksize2=256)),
         Case(nb10.check_quantized_bytes, (gpt,), nb10.measure_quantized_bytes(gpt)),
         Case(nb10.check_loraplus_ratio, (), 4.0, kwargs=dict(alpha=8, new_alpha=32)),
+        Case(nb09.check_amplification, (lora_update, frozen, 4), lora_edu.what_lora_learns.amplification_factor(
+            lora_update, frozen, 4)),
+        Case(nb09.check_random_similarity, (8, 64, 256), 0.25),
     ]
 
 
