@@ -20,7 +20,8 @@ __all__ = ["full_params", "lora_params", "savings_ratio", "break_even_rank", "Tr
            "LLAMA_7B", "GPT3_175B", "PUBLISHED_MODELS", "linear_layer_shapes", "count_model_params",
            "lora_trainable_params", "BYTES_PER_VALUE", "PRECISIONS", "training_memory_bytes", "checkpoint_bytes",
            "activation_bytes", "format_count", "format_bytes", "LLAMA2_7B", "LLAMA2_13B", "LLAMA2_70B",
-           "LLAMA_65B", "LLAMA_FAMILY", "FINETUNING_METHODS", "finetuning_memory_bytes"]
+           "LLAMA_65B", "LLAMA_FAMILY", "FINETUNING_METHODS", "FINETUNING_PRECISIONS", "DEFAULT_PRECISION",
+           "finetuning_memory_bytes"]
 
 
 def full_params(d: int, k: int) -> int:
@@ -241,8 +242,16 @@ def activation_bytes(shape: TransformerShape, n_heads: int, batch: int, seq_len:
 FINETUNING_METHODS = ("full", "lora", "qlora")
 
 
+FINETUNING_PRECISIONS = {  # bytes per trainable parameter: (weight, gradient, optimizer)
+    "mixed": (2, 2, 12),      # bf16 weight and gradient, fp32 master copy + Adam's two fp32 moments
+    "bf16": (2, 2, 8),        # the weight trained in bf16 (no master copy), Adam's moments in fp32
+    "bf16-true": (2, 2, 4),   # everything in bf16, Adam's moments too
+}
+DEFAULT_PRECISION = {"full": "mixed", "lora": "mixed", "qlora": "bf16"}
+
+
 def finetuning_memory_bytes(shape: TransformerShape, method: str, r: int = 8, targets=("q", "v"), batch: int = 1,
-                            seq_len: int = 512, checkpointing: bool = False) -> dict[str, int]:
+                            seq_len: int = 512, checkpointing: bool = False, precision: str | None = None) -> dict[str, int]:
     """An estimate of the GPU memory a fine-tuning step needs, by part, for a model of ``shape``.
 
     ``method``: ``"full"`` (every parameter trains, bf16 mixed precision), ``"lora"`` (bf16 frozen base, LoRA of
@@ -252,7 +261,13 @@ def finetuning_memory_bytes(shape: TransformerShape, method: str, r: int = 8, ta
 
     - ``weights``: frozen and trainable weights as stored (2 bytes per bf16 number);
     - ``gradients``: 2 bytes per trainable parameter (bf16);
-    - ``optimizer``: Adam's fp32 master copy and two moments, 12 bytes per trainable parameter;
+    - ``optimizer``: per trainable parameter, by ``precision`` (`FINETUNING_PRECISIONS`): ``"mixed"``, an fp32
+      master copy and Adam's two fp32 moments, 12 bytes (so 16 bytes per trainable parameter in all; PEFT's
+      default fp32 adapters with fp32 gradients cost the same 16); ``"bf16"``, the weight trained in bf16 with
+      no master copy and fp32 moments, 8 bytes (12 in all: QLoRA's repository casts the LoRA layers to bf16 and
+      uses ``paged_adamw_32bit``); ``"bf16-true"``, bf16 moments, 4 bytes (8 in all: litgpt's
+      ``--precision bf16-true``). Default (``None``): ``"mixed"`` for ``"full"`` and ``"lora"``, ``"bf16"``
+      for ``"qlora"`` (`DEFAULT_PRECISION`);
     - ``activations``: what the backward pass keeps, bf16, for ``batch`` sequences of ``seq_len`` tokens, with
       fused (flash) attention, which keeps no ``seq_len²`` score matrix. Per block and token: the inputs of the
       two norms and their outputs (4·d), q, k, v and the attention output (2·d + 2·kv_dim), the MLP's inner
@@ -271,6 +286,9 @@ def finetuning_memory_bytes(shape: TransformerShape, method: str, r: int = 8, ta
     batch = _validate.integer("batch", batch, 1)
     seq_len = _validate.integer("seq_len", seq_len, 1)
     checkpointing = _validate.boolean("checkpointing", checkpointing)
+    precision = DEFAULT_PRECISION[method] if precision is None else _validate.choice(
+        "precision", precision, tuple(FINETUNING_PRECISIONS))
+    weight_bytes, grad_bytes, optimizer_bytes = FINETUNING_PRECISIONS[precision]
     total = count_model_params(s)
     layers = linear_layer_shapes(s)
     block_linear = s.n_layers * sum(d_in * d_out for d_in, d_out in layers.values())
@@ -281,7 +299,7 @@ def finetuning_memory_bytes(shape: TransformerShape, method: str, r: int = 8, ta
         weights = round(block_linear * bits_per_parameter(64, double_quant=True) / 8) + 2 * (total - block_linear)
     else:
         weights = 2 * total
-    weights += 2 * adapter
+    weights += weight_bytes * adapter
     tokens = batch * seq_len
     n_targets = len(layers) if targets == "all" else len(targets)
     lora_acts = 0 if method == "full" else r * n_targets
@@ -291,7 +309,7 @@ def finetuning_memory_bytes(shape: TransformerShape, method: str, r: int = 8, ta
         kept = tokens * (s.n_layers * s.d_model + per_token_block)
     else:
         kept = tokens * s.n_layers * per_token_block
-    parts = {"weights": weights, "gradients": 2 * trainable, "optimizer": 12 * trainable,
+    parts = {"weights": weights, "gradients": grad_bytes * trainable, "optimizer": optimizer_bytes * trainable,
              "activations": 2 * kept + 6 * tokens * s.vocab_size}
     parts["total"] = sum(parts.values())
     return parts

@@ -169,7 +169,7 @@ def cases():
         Case(nb08.check_bf16_spacing, (), 2.0 ** -7),
         Case(nb10.check_double_quant_bits, (), 4 + 8 / 128 + 32 / (128 * 256),
              kwargs=dict(blocksize=128, blocksize2=256)),
-        Case(nb10.check_quantized_bytes, (gpt,), nb10.measure_quantized_bytes(gpt)),
+        Case(nb10.check_quantized_bytes, (gpt,), nb10.measure_quantized_bytes(gpt), kwargs=dict(blocksize=128, skip=())),
         Case(nb10.check_loraplus_ratio, (), 4.0, kwargs=dict(alpha=8, new_alpha=32)),
         Case(nb09.check_amplification, (lora_update, frozen, 4), lora_edu.what_lora_learns.amplification_factor(
             lora_update, frozen, 4)),

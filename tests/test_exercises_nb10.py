@@ -1,6 +1,8 @@
 """The exercise checks of notebook 10: the build-it NF4 block quantizer passes with the solution, fails with the
 usual slips (naming the case and the slip) and refuses the package's quantizer; the value checks pass the right
 answer and diagnose the wrong ones."""
+import math
+
 import pytest
 import torch
 
@@ -111,8 +113,9 @@ def test_double_quant_bits():
 def test_quantized_bytes_measured_on_a_copy():
     model = small_gpt()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    weights = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head")
-    right = weights // 2 + 4 * weights // 64
+    shapes = [m.weight.shape for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = sum(a * b for a, b in shapes)
+    right = sum((a * b + 1) // 2 + 4 * math.ceil(a * b / 128) for a, b in shapes)   # a short last block keeps its absmax
     assert nb10.measure_quantized_bytes(model) == right
     assert nb10.check_quantized_bytes(right, model)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
@@ -120,6 +123,14 @@ def test_quantized_bytes_measured_on_a_copy():
     assert "absmax" in nb10.check_quantized_bytes(weights // 2, model).message
     assert "float32" in nb10.check_quantized_bytes(4 * weights, model).message
     assert "in bits" in nb10.check_quantized_bytes(8 * right, model).message
+    assert "blocks of 64" in nb10.check_quantized_bytes(nb10.measure_quantized_bytes(model, 64), model).message
+    assert "lm_head" in nb10.check_quantized_bytes(nb10.measure_quantized_bytes(model, 128, ("lm_head",)), model).message
+    assert model.lm_head.weight.numel() % 128 != 0                              # so the short block is tested
+    floor = sum((a * b + 1) // 2 + 4 * (a * b // 128) for a, b in shapes)
+    assert "short" in nb10.check_quantized_bytes(floor, model).message
+    other = nb10.check_quantized_bytes(right + 1000, model)
+    assert not other and "float32 scale" in other.message and str(right) not in other.message
+    assert nb10.check_quantized_bytes(nb10.measure_quantized_bytes(model, 64, ("lm_head",)), model, 64, ("lm_head",))
 
 
 def test_loraplus_ratio():

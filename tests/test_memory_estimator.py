@@ -41,8 +41,25 @@ def test_finetuning_memory_parts():
     qlora = c.finetuning_memory_bytes(c.LLAMA2_7B, "qlora", r=8, targets=("q", "v"), seq_len=1)
     block_linear = 32 * sum(a * b for a, b in c.linear_layer_shapes(c.LLAMA2_7B).values())
     expected = round(block_linear * bits_per_parameter(64, True) / 8) + 2 * (n - block_linear) + 2 * adapter
-    assert qlora["weights"] == expected and qlora["optimizer"] == lora["optimizer"]
+    assert qlora["weights"] == expected and qlora["gradients"] == lora["gradients"]
+    assert qlora["optimizer"] == 8 * adapter                           # QLoRA's bf16 adapters: no fp32 master copy
     assert qlora["total"] < lora["total"] < full["total"]
+
+
+def test_precision_sets_the_bytes_per_trainable_parameter():
+    n = c.count_model_params(c.LLAMA2_7B)
+    per_trainable = {}
+    for precision in c.FINETUNING_PRECISIONS:
+        parts = c.finetuning_memory_bytes(c.LLAMA2_7B, "full", seq_len=1, precision=precision)
+        per_trainable[precision] = (parts["weights"] + parts["gradients"] + parts["optimizer"]) / n
+    assert per_trainable == {"mixed": 16, "bf16": 12, "bf16-true": 8}
+    default = c.finetuning_memory_bytes(c.LLAMA_65B, "qlora", r=64, targets="all", seq_len=1)
+    assert default == c.finetuning_memory_bytes(c.LLAMA_65B, "qlora", r=64, targets="all", seq_len=1, precision="bf16")
+    mixed = c.finetuning_memory_bytes(c.LLAMA_65B, "qlora", r=64, targets="all", seq_len=1, precision="mixed")
+    adapter = c.lora_trainable_params(c.LLAMA_65B, 64, "all")
+    assert mixed["total"] - default["total"] == 4 * adapter            # the fp32 master copy
+    assert c.finetuning_memory_bytes(c.LLAMA2_7B, "lora", seq_len=1) == c.finetuning_memory_bytes(
+        c.LLAMA2_7B, "lora", seq_len=1, precision="mixed")
 
 
 def test_activations_grow_with_tokens_and_shrink_with_checkpointing():
@@ -57,8 +74,11 @@ def test_activations_grow_with_tokens_and_shrink_with_checkpointing():
 
 def test_published_figures_are_consistent_with_the_estimate():
     full = c.finetuning_memory_bytes(c.LLAMA_65B, "full", seq_len=512, checkpointing=True)["total"]
-    qlora = c.finetuning_memory_bytes(c.LLAMA_65B, "qlora", r=16, targets="all", seq_len=512, checkpointing=True)
-    assert full > 780e9 and qlora["total"] < 48e9                       # QLoRA §1: >780 GB -> <48 GB
+    # QLoRA §1: >780 GB -> <48 GB; artidoro/qlora scripts/finetune_guanaco_65b.sh: r = 64 on every linear layer,
+    # batch 4, 16 + 512 tokens, gradient checkpointing, bf16 LoRA layers, paged_adamw_32bit
+    qlora = c.finetuning_memory_bytes(c.LLAMA_65B, "qlora", r=64, targets="all", batch=4, seq_len=528,
+                                      checkpointing=True)
+    assert full > 780e9 and qlora["total"] < 48e9
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
@@ -68,6 +88,7 @@ def test_published_figures_are_consistent_with_the_estimate():
     (dict(method="lora", seq_len=1.5), TypeError, ["seq_len"]),
     (dict(method="lora", checkpointing="yes"), TypeError, ["checkpointing"]),
     (dict(method="lora", targets=("q", "x")), ValueError, ["targets", "x"]),
+    (dict(method="lora", precision="fp8"), ValueError, ["precision", "mixed", "bf16", "bf16-true"]),
 ])
 def test_bad_input_is_refused_by_name(kwargs, error, words):
     with pytest.raises(error) as raised:

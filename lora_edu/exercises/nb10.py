@@ -151,29 +151,37 @@ def check_double_quant_bits(name, answer, blocksize: int, blocksize2: int) -> Ch
 
 # --- Exercise 3: predict, then measure the bytes of the 4-bit tiny GPT ---
 
-def measure_quantized_bytes(model: nn.Module, skip=("lm_head",)) -> int:
-    """Bytes of every `Linear4bit` after `quantize_linear_layers` on a copy of ``model`` (packed numbers and
-    absmax); ``model`` is not changed."""
-    quantized = Q.quantize_linear_layers(copy.deepcopy(model), skip=tuple(skip))
+def measure_quantized_bytes(model: nn.Module, blocksize: int = 128, skip=()) -> int:
+    """Bytes of every `Linear4bit` after ``quantize_linear_layers(copy, blocksize, skip=skip)`` on a copy of
+    ``model`` (packed numbers and absmax; biases not counted); ``model`` is not changed."""
+    quantized = Q.quantize_linear_layers(copy.deepcopy(model), blocksize=blocksize, skip=tuple(skip))
     return sum(m.nbytes for m in quantized.modules() if isinstance(m, Q.Linear4bit))
 
 
 @exercise("Exercise 3")
-def check_quantized_bytes(name, answer, model: nn.Module) -> CheckResult:
-    """Exercise 3: the bytes of the 4-bit linear layers of ``model`` (``lm_head`` kept in 32 bits), predicted from
-    the layer shapes and 4.5 bits per parameter, then measured by quantizing a copy."""
-    expected = measure_quantized_bytes(model)
-    numbers = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head")
+def check_quantized_bytes(name, answer, model: nn.Module, blocksize: int = 128, skip=()) -> CheckResult:
+    """Exercise 3: the bytes of ``model``'s linear layers in 4 bits, blocks of ``blocksize`` (the layers in
+    ``skip`` left out), predicted from the layer shapes, then measured by quantizing a copy."""
+    expected = measure_quantized_bytes(model, blocksize, skip)
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip}
+    numbers = sum(m.weight.numel() for m in linear.values())
+    whole_blocks_only = sum((m.weight.numel() + 1) // 2 + 4 * (m.weight.numel() // blocksize) for m in linear.values())
     result = check_value(name, answer, expected, what="bytes")
-    return hint_for_mistake(result, answer, [
-        (numbers // 2, "that is the 4-bit numbers alone: each block of 64 also stores a 32-bit absmax."),
-        (4 * numbers, "that is the float32 size; the 4-bit layers take about an eighth of it, plus the absmax."),
+    mistakes = [
+        (numbers // 2, "that is the 4-bit numbers alone: each block also stores its absmax, a float32."),
+        (4 * numbers, "that is the float32 size; 4 bits are an eighth of it, and each block adds its absmax."),
         (8 * expected, "that is in bits; the answer is in bytes."),
-        (numbers * 4.5 / 8 + 4 * sum(m.bias.numel() for n, m in model.named_modules()
-                                     if isinstance(m, nn.Linear) and n != "lm_head" and m.bias is not None),
-         "the biases are not quantized (nor counted in Linear4bit.nbytes): count only the weights."),
-    ], rtol=1e-6, atol=0.5, otherwise="count only the weights of the linear layers other than lm_head, "
-                                      "at 4.5 bits each (4 + 32 / 64).")
+        (measure_quantized_bytes(model, 64, skip), f"that is for blocks of 64; here each block holds {blocksize} numbers."),
+    ]
+    if whole_blocks_only != expected:
+        mistakes.append((whole_blocks_only, "a layer whose size is not a multiple of the block size ends in a short "
+                                            "block, and that block stores its own absmax too."))
+    if "lm_head" not in skip and "lm_head" in linear:
+        mistakes.append((measure_quantized_bytes(model, blocksize, tuple(skip) + ("lm_head",)),
+                         "that leaves lm_head out; this time it is quantized too."))
+    return hint_for_mistake(result, answer, mistakes, rtol=1e-6, atol=0.5, otherwise=(
+        "list every linear layer's weight shape; each layer is cut into its own blocks, and each block stores "
+        "its 4-bit numbers and one float32 scale."))
 
 
 # --- Exercise 4: the LoRA+ ratio that matches a larger α ---
