@@ -160,8 +160,8 @@ def cases():
             update, 0.95))),
         Case(nb06.check_full_over_lora_lr, (nb06_sweep(),), 0.5, kwargs=dict(rank=8)),
         Case(nb08.check_all_linear_count, (), 3 * 4 * (4 * (96 + 96) + 3 * (96 + 256)), kwargs=dict(r=4)),
-        Case(nb08.check_code_loss_drop, (2.31, 1.74), 2.31 - 1.74),
-        Case(nb08.check_bf16_spacing, (), 2.0 ** -7),
+        Case(nb08.check_small_slice_weight, (), 2.0, kwargs=dict(batch=16, small=4)),
+        Case(nb08.check_bf16_spacing, (), 2.0 ** -11, kwargs=dict(value=0.1)),
     ]
 
 
