@@ -30,7 +30,7 @@ from .data import UNKNOWN_CHAR, VOCABULARY, evaluation_windows, load_corpus, ran
 
 __all__ = ["TINY_LLAMA_DIR", "TINY_LLAMA_CONFIG", "TINY_LLAMA_PRETRAINING", "quiet_transformers",
            "make_tokenizer", "make_tiny_llama", "pretrain_tiny_llama", "load_tiny_llama", "check_model_folder",
-           "lm_loss", "evaluate_lm_loss", "folder_files"]
+           "lm_loss", "evaluate_lm_loss", "folder_files", "error_text"]
 
 TINY_LLAMA_DIR = Path(__file__).resolve().parent / "checkpoints" / "tiny-llama"
 TINY_LLAMA_CONFIG = {"vocab_size": len(VOCABULARY), "hidden_size": 96, "intermediate_size": 256,
@@ -55,6 +55,17 @@ def quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
     # peft 0.21 asks transformers 5 for a renamed property each time it wraps a model; nothing for a learner to fix
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+
+
+def error_text(error) -> str:
+    """``str(error)`` with every ``{...}`` set in it listed in sorted order. PEFT names target modules as a Python
+    set, whose order changes from run to run; sorted, a notebook's stored output stays the same. Notebook 08."""
+    import re
+
+    def sort_set(match):
+        return "{" + ", ".join(sorted(match.group(1).split(", "))) + "}"
+
+    return re.sub(r"\{([^{}]*)\}", sort_set, str(error))
 
 
 def make_tokenizer():

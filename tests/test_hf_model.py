@@ -97,3 +97,9 @@ def test_quiet_transformers_silences_saving_and_loading(tmp_path, capfd):
     tokenizer.save_pretrained(tmp_path / "copy")
     hf_model.load_tiny_llama(tmp_path / "copy")
     assert capfd.readouterr().err == ""
+
+
+def test_error_text_sorts_the_sets_peft_prints():
+    error = ValueError("Target modules {'v_proj', 'q_proj'} not found; also {'b', 'a'}")
+    assert hf_model.error_text(error) == "Target modules {'q_proj', 'v_proj'} not found; also {'a', 'b'}"
+    assert hf_model.error_text(ValueError("no set here")) == "no set here"

@@ -1,6 +1,7 @@
 """Checks for the exercises of notebook 08_lora_with_peft: a `peft.LoraConfig` built for a parameter budget (checked
-by counting on the tiny Llama), the trainable parameters of ``"all-linear"``, the notebook's own fine-tuning gain,
-and the spacing of bf16 numbers that decides what a merge keeps."""
+by counting on the tiny Llama), the trainable parameters of ``"all-linear"``, the weight a plain mean of two unequal
+slices' gradients gives the small slice (the data-parallel experiment), and the spacing of bf16 numbers that decides
+what a merge keeps."""
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,9 @@ def _base():
     return make_tiny_llama(seed=0)
 
 
-def _count_with(config) -> tuple[int, list[str]]:
-    """Build the tiny Llama with the learner's config and count: (trainable parameters, adapted module kinds)."""
+def _count_with(config) -> tuple[int, list[str], int]:
+    """Build the tiny Llama with the learner's config and count: (trainable parameters, adapted module kinds,
+    the number of blocks in which every kind of `BUDGET_TARGETS` is adapted)."""
     from peft import get_peft_model
 
     state = torch.random.get_rng_state()
@@ -49,8 +51,11 @@ def _count_with(config) -> tuple[int, list[str]]:
     finally:
         torch.random.set_rng_state(state)  # the learner's random numbers are not moved on
     trainable, _ = model.get_nb_trainable_parameters()
-    kinds = sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
-    return trainable, kinds
+    names = set(model.targeted_module_names)
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
+    blocks = sum(all(f"model.layers.{i}.self_attn.{t}" in names for t in BUDGET_TARGETS)
+                 for i in range(TINY_LLAMA_CONFIG["num_hidden_layers"]))
+    return trainable, kinds, blocks
 
 
 def check_budget_config(function) -> CheckResult:
@@ -77,16 +82,21 @@ def check_budget_config(function) -> CheckResult:
             return failed(name, f"case {number} (budget {budget:,}): expected a peft.LoraConfig, got "
                                 f"{type(config).__name__}.")
         try:
-            count, kinds = _count_with(config)
+            count, kinds, blocks = _count_with(config)
         except Exception as error:  # PEFT refused the config
             return failed(name, f"case {number} (budget {budget:,}): get_peft_model refused the config: "
                                 f"{type(error).__name__}: {error}")
         if kinds != sorted(BUDGET_TARGETS):
             return failed(name, f"case {number} (budget {budget:,}): the config adapts {kinds}; adapt exactly "
                                 f"{list(BUDGET_TARGETS)} (in every block).")
+        if blocks < TINY_LLAMA_CONFIG["num_hidden_layers"]:
+            return failed(name, f"case {number} (budget {budget:,}): the config adapts q_proj and v_proj in only "
+                                f"{blocks} of the {TINY_LLAMA_CONFIG['num_hidden_layers']} blocks; the task asks "
+                                "for every block. A regular expression must match every block's names (or give "
+                                "the list ['q_proj', 'v_proj'], which matches them all).")
         if config.lora_alpha != 2 * config.r:
             return failed(name, f"case {number} (budget {budget:,}): lora_alpha is {config.lora_alpha} with "
-                                f"r = {config.r}; the seed's advice is lora_alpha = 2 r.")
+                                f"r = {config.r}; a common rule of thumb, the one the task asks for, is lora_alpha = 2·r.")
         if count > budget:
             return failed(name, f"case {number} (budget {budget:,}): {count:,} trainable parameters is over the "
                                 f"budget, {how_far(count, budget)}. Count r (in + out) per adapted layer, for "
@@ -120,28 +130,50 @@ def check_all_linear_count(name, answer, r: int) -> CheckResult:
 
 
 @exercise("Exercise 3")
-def check_code_loss_drop(name, answer, base_loss: float, adapted_loss: float) -> CheckResult:
-    """Exercise 3: by how many nats per character the notebook's code adapter lowered the validation loss on
-    Python code: ``base_loss - adapted_loss`` (the notebook's own measurements)."""
-    expected = base_loss - adapted_loss
-    result = check_value(name, answer, expected, rtol=0.02, what="nats per character")
+def check_small_slice_weight(name, answer, batch: int = 16, small: int = 4) -> CheckResult:
+    """Exercise 3: a batch of ``batch`` windows split into two slices, ``batch - small`` and ``small`` windows. The
+    loss is a mean over windows, so the whole batch's gradient is ``((batch - small) g_big + small g_small) /
+    batch``; a plain mean of the two slices' gradients, ``(g_big + g_small) / 2``, gives each window of the small
+    slice the weight ``1 / (2 small)`` instead of ``1 / batch``. The answer: the factor between the two,
+    ``batch / (2 small)``."""
+    if not 0 < small < batch:
+        raise ValueError(f"small must be between 0 and batch={batch} (exclusive), got {small}")
+    expected = batch / (2 * small)
+    large = batch - small
+    result = check_value(name, answer, expected, rtol=1e-3, what="the factor")
     return hint_for_mistake(result, answer, [
-        (-expected, "the sign: the drop is the base loss minus the adapted loss, so a positive number."),
-        (adapted_loss / base_loss, "that is a ratio; the question asks for the difference in nats."),
-        (expected / base_loss, "that is the drop as a fraction of the base loss; give it in nats per character."),
-        (100 * expected / base_loss, "that is a percentage; give the drop in nats per character."),
-    ], rtol=0.02)
+        (1 / expected, "inverted: the plain mean gives the small slice *more* weight than its share of the windows."),
+        (batch / small, "a plain mean of two slices gives each slice one half of the weight, and that half is "
+                        "shared by the slice's windows."),
+        (1.0, "a plain mean is right only when the slices are equal; these are not."),
+        (batch / (2 * large), "that is the factor of the large slice's windows; the question asks for the small "
+                              "slice's."),
+    ], rtol=1e-3, otherwise="compare the weight one window of the small slice gets in the plain mean of the "
+                            "two slices' gradients with the weight it gets in the whole batch's mean.")
+
+
+def bf16_gap(value: float) -> float:
+    """The gap between bf16(``value``) and the next larger bfloat16 number: ``2^(e - 7)`` for ``value`` in
+    ``[2^e, 2^(e+1))`` (bf16 keeps 7 fraction bits: 8 significant bits with the leading 1). Notebook 08."""
+    v = torch.tensor(value, dtype=torch.bfloat16)
+    return (torch.nextafter(v, torch.tensor(float("inf"), dtype=torch.bfloat16)) - v).item()
 
 
 @exercise("Exercise 4")
-def check_bf16_spacing(name, answer) -> CheckResult:
-    """Exercise 4: the gap between 1.0 and the next larger bfloat16 number, ``torch.finfo(torch.bfloat16).eps``
-    (bf16 keeps 7 bits of the fraction: 2^-7)."""
-    expected = float(torch.finfo(torch.bfloat16).eps)
+def check_bf16_spacing(name, answer, value: float = 0.1) -> CheckResult:
+    """Exercise 4: the gap between ``value`` (0.1: a typical weight of a larger model) and the next larger
+    bfloat16 number, `bf16_gap` (``2^-4 · 2^-7`` for 0.1, which lies in ``[2^-4, 2^-3)``). A merged ΔW entry
+    smaller than half of it, added to a weight of that size, is rounded away."""
+    if not value > 0:
+        raise ValueError(f"value must be positive, got {value}")
+    expected = bf16_gap(value)
     result = check_value(name, answer, expected, rtol=1e-6, what="the gap")
+    near_one = float(torch.finfo(torch.bfloat16).eps)
     return hint_for_mistake(result, answer, [
-        (float(torch.finfo(torch.float16).eps), "that is float16's gap (10 fraction bits); bfloat16 keeps fewer."),
-        (float(torch.finfo(torch.float32).eps), "that is float32's gap (23 fraction bits)."),
-        (expected / 2, "that is half the gap: the largest rounding error next to 1.0, not the gap itself."),
-        (2.0 ** -8, "bfloat16 has 7 stored fraction bits, so the gap is 2 to the power -7."),
+        (near_one, "that is the gap next to 1.0; next to a smaller number the bf16 numbers lie closer together."),
+        (value * near_one, "close, but the gap is set by the power of two at or below the value, not by the value "
+                           "itself: bf16 numbers are evenly spaced between two powers of two."),
+        (2 * expected, "that is the gap above the next power of two; take the power of two at or below the value."),
+        (expected / 2, "that is half the gap: the largest rounding error next to the value, not the gap itself."),
+        (expected / 8, "that is float16's gap (10 fraction bits); bfloat16 keeps 7."),
     ])
