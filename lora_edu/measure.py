@@ -140,6 +140,17 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
     (one pass of a tiny model is too short to time on a busy machine). Returns ``{name: median seconds per
     pass}``. See notebook 05_finetuning_strategies_compared.
     """
+    samples = latency_samples(models, example, repeats, warmup, min_sample_seconds)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def latency_samples(models: Mapping[str, nn.Module], example: torch.Tensor, repeats: int = 50,
+                    warmup: int = 5, min_sample_seconds: float = 1e-3) -> dict[str, list[float]]:
+    """Every timed sample of `measure_latencies`: ``{name: [seconds per pass, one per round]}``, ``repeats``
+    values each, in the order of the rounds. The median is the typical time; the minimum over the interleaved
+    rounds is the least disturbed by other work on the machine (a comparison of two models by their minima is
+    the robust one under load). See notebook 05_finetuning_strategies_compared.
+    """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping of names to models")
     for model in models.values():
@@ -167,7 +178,7 @@ def measure_latencies(models: Mapping[str, nn.Module], example: torch.Tensor, re
                 model(example)
             _synchronize(device)
             times[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def time_inference(model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5,

@@ -61,6 +61,15 @@ def test_latency_measurements_run_and_return_every_model():
         measure.measure_latencies({"a": a}, torch.zeros(1, 64), min_sample_seconds=-1)
 
 
+def test_latency_samples_return_every_round_and_agree_with_the_median():
+    a, b = models.DigitsMLP(hidden=8), models.DigitsMLP(hidden=16)
+    samples = measure.latency_samples({"a": a, "b": b}, torch.zeros(1, 64), repeats=5, warmup=1)
+    assert set(samples) == {"a", "b"} and all(len(v) == 5 and min(v) > 0 for v in samples.values())
+    assert min(samples["a"]) <= sorted(samples["a"])[2] <= max(samples["a"])
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        measure.latency_samples({"a": a}, torch.zeros(1, 64), repeats=0)
+
+
 def test_latency_samples_batch_short_passes():
     calls = []
 
