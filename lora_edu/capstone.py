@@ -23,7 +23,7 @@ from .counting import training_memory_bytes
 from .data import evaluation_windows, load_corpus, random_windows
 from .hf_model import evaluate_lm_loss, lm_loss, load_tiny_llama
 
-__all__ = ["CORPUS", "BUDGET", "MARGIN", "BATCH", "CONTEXT", "PROJECTIONS", "CapstoneRun", "reference_plan",
+__all__ = ["CORPUS", "base_loss", "BUDGET", "MARGIN", "BATCH", "CONTEXT", "PROJECTIONS", "CapstoneRun", "reference_plan",
            "check_plan", "run", "grade", "diagnose"]
 
 CORPUS = "reference"  # notebook 08 adapted the tiny Llama to "python"; this domain is new to it
@@ -66,6 +66,11 @@ def _base_and_data():
     corpus = load_corpus(CORPUS)
     val = evaluation_windows(corpus.val, CONTEXT, max_windows=EVAL_WINDOWS)
     return base, corpus.train, val, evaluate_lm_loss(base, *val)
+
+
+def base_loss() -> float:
+    """The base model's held-out loss on the capstone's text (nats per character): the bar is `MARGIN` below it."""
+    return _base_and_data()[3]
 
 
 @dataclass

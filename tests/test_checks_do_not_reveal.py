@@ -178,6 +178,7 @@ def cases():
         Case(nb11.check_storage_bytes, (), counting.checkpoint_bytes(counting.count_model_params(counting.LLAMA2_7B))
              + 10 * counting.checkpoint_bytes(counting.lora_trainable_params(counting.LLAMA2_7B, 8, ("q", "v"))),
              kwargs=dict(model="7B", n_tasks=10)),
+        Case(nb11.check_capstone_trainable, (), 3 * 4 * (4 * (96 + 96) + 3 * (96 + 256)), kwargs=dict(r=4)),
     ]
 
 

@@ -61,3 +61,22 @@ def check_storage_bytes(name, answer, model: str = "7B", n_tasks: int = 10) -> C
         (checkpoint_bytes(total) + checkpoint_bytes(adapter), "that is one task; count one adapter per task."),
     ], rtol=1e-3, otherwise="one bf16 base (2 bytes per parameter) plus n_tasks adapters of r (d_in + d_out) per "
                             "adapted layer.")
+
+
+@exercise("Exercise 3", int_answer="a number of parameters")
+def check_capstone_trainable(name, answer, r: int = 4) -> CheckResult:
+    """Exercise 3: trainable parameters of LoRA at rank ``r`` on all seven projections of every block of the
+    tiny Llama (the capstone's reference targets): ``3 · r · Σ (in + out)`` (notebook 08)."""
+    from .nb08 import lora_count
+
+    expected = lora_count(r, capstone.PROJECTIONS)
+    if answer is REVEAL:
+        return revealed(name, f"{expected:,} (trainable parameters)")
+    result = check_value(name, answer, expected, what="trainable parameters")
+    return hint_for_mistake(result, answer, [
+        (expected // 3, "that is one block; the tiny Llama has three."),
+        (lora_count(r, ("q_proj", "k_proj", "v_proj", "o_proj")), "attention only; the MLP's three count too."),
+        (lora_count(r, ("q_proj", "v_proj")), "q and v only; the plan adapts all seven projections."),
+        (3 * 7 * 96 * 96 * 2 * r // 96, "the MLP's projections are 96 × 256 or 256 × 96, not 96 × 96."),
+    ], otherwise="per projection r (in + out): q, k, v, o are 96 → 96; gate and up 96 → 256; down 256 → 96; "
+                 "three blocks.")
