@@ -46,3 +46,15 @@ def test_grade_reports_every_broken_limit():
     assert not ok and len(reasons) == 3
     good = capstone.CapstoneRun(20_000, 360_000, ("q_proj",), 2.0, 40, 5e-3, 2 ** 20, 2.0, 2.0)
     assert capstone.grade(good)[1] == [capstone.grade(good)[1][0]] and "nothing" in capstone.grade(good)[1][0]
+
+
+def test_run_refuses_a_bad_train_flag_before_building_anything():
+    with pytest.raises(TypeError) as info:
+        capstone.run(capstone.reference_plan(), train="yes")
+    assert "train must be True or False" in str(info.value)
+
+
+def test_counting_only_run_does_not_train():
+    counted = capstone.run(capstone.reference_plan(), train=False)
+    assert counted.trainable == 21_888 and counted.loss == counted.base_loss == capstone.base_loss()
+    assert capstone.over_budget(counted) == []
