@@ -31,7 +31,7 @@ COURSE_MAP: list[tuple[str, str, str]] = [  # (file stem, title, what the learne
 ]
 
 
-COMING = ("11_choosing_a_strategy",)  # the notebooks still to be written
+COMING: tuple[str, ...] = ()  # the notebooks still to be written
 
 
 def course_status() -> list[tuple[str, str, str, bool]]:

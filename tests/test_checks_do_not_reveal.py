@@ -19,9 +19,9 @@ from torch import nn
 import lora_edu
 from lora_edu import counting, linalg, models, pretrain
 from lora_edu.checks import reveal
-from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb09, nb10
+from lora_edu.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb09, nb10, nb11
 
-MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb09, nb10)
+MODULES = (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb08, nb09, nb10, nb11)
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 NORMS = [13.5, 8.35, 6.24, 4.15, 3.37, 2.45, 1.81]
 NB05_FULL, NB05_LORA16 = [0.964, 0.968, 0.972], [0.930, 0.950, 0.933]  # nb05's rotated digits: full, LoRA r = 16
@@ -176,6 +176,10 @@ def cases():
         Case(nb09.check_amplification, (lora_update, frozen, 4), lora_edu.what_lora_learns.amplification_factor(
             lora_update, frozen, 4)),
         Case(nb09.check_random_similarity, (8, 64, 256), 0.25),
+        Case(nb11.check_storage_bytes, (), counting.checkpoint_bytes(counting.count_model_params(counting.LLAMA2_7B))
+             + 10 * counting.checkpoint_bytes(counting.lora_trainable_params(counting.LLAMA2_7B, 8, ("q", "v"))),
+             kwargs=dict(model="7B", n_tasks=10)),
+        Case(nb11.check_capstone_trainable, (), 3 * 4 * (4 * (96 + 96) + 3 * (96 + 256)), kwargs=dict(r=4)),
     ]
 
 
