@@ -32,18 +32,25 @@ def _browser_required_but_missing():
 
 
 @pytest.fixture(scope="session")
-def _lab_session(tmp_path_factory):
+def chromium():
+    """One headless Chromium for every browser test: Playwright's sync API runs one instance per process, so the
+    JupyterLab tests and the book test share it."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def _lab_session(tmp_path_factory, chromium):
     server = JupyterLabServer(tmp_path_factory.mktemp("jupyterlab"))
     server.start()
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
-            try:
-                yield Lab(server, browser)
-            finally:
-                browser.close()
+        yield Lab(server, chromium)
     finally:
         server.stop()
 

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 import nbformat
 import pytest
 
-from .harness import CHROMIUM_ARGS, ROOT, find_chromium
+from .harness import ROOT
 
 _spec = importlib.util.spec_from_file_location("make_book", ROOT / "tools" / "make_book.py")
 make_book = importlib.util.module_from_spec(_spec)
@@ -54,27 +54,15 @@ def book(tmp_path_factory):
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def test_the_book_has_a_page_per_notebook(book):
     outdir, _ = book
     assert sorted(p.stem for p in outdir.glob("*.html")) == sorted(PAGES)
 
 
 @pytest.mark.parametrize("stem", PAGES)
-def test_page_loads_with_figures_math_and_links(book, browser, stem):
+def test_page_loads_with_figures_math_and_links(book, chromium, stem):
     outdir, base = book
-    page = browser.new_page()
+    page = chromium.new_page()
     failures, outside = [], []
 
     def route(route_):
