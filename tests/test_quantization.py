@@ -221,7 +221,8 @@ def bnb_quantized(model):
     return model
 
 
-def test_qlora_forward_and_gradients_equal_peft_on_bitsandbytes(bnb):
+@pytest.mark.parametrize("widths, r", [((64, 40, 24), 4), ((128, 100, 30), 8), ((100, 7, 50), 1)], ids=str)
+def test_qlora_forward_and_gradients_equal_peft_on_bitsandbytes(bnb, widths, r):
     import copy
     import warnings
 
@@ -229,8 +230,9 @@ def test_qlora_forward_and_gradients_equal_peft_on_bitsandbytes(bnb):
 
     import lora_edu
     torch.manual_seed(0)
-    base = torch.nn.Sequential(torch.nn.Linear(64, 40), torch.nn.ReLU(), torch.nn.Linear(40, 24))
-    config = dict(r=4, lora_alpha=8, target_modules=["0", "2"])
+    base = torch.nn.Sequential(torch.nn.Linear(widths[0], widths[1]), torch.nn.ReLU(),
+                               torch.nn.Linear(widths[1], widths[2]))
+    config = dict(r=r, lora_alpha=2 * r, target_modules=["0", "2"])
     ours = lora_edu.add_lora(Q.quantize_linear_layers(copy.deepcopy(base)), lora_edu.LoraConfig(**config))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -243,7 +245,7 @@ def test_qlora_forward_and_gradients_equal_peft_on_bitsandbytes(bnb):
             layer.lora_B["default"].copy_(torch.randn(layer.lora_B["default"].shape, generator=generator))
             twin.lora_A["default"].weight.copy_(layer.lora_A["default"])
             twin.lora_B["default"].weight.copy_(layer.lora_B["default"])
-    x = torch.randn(6, 64, generator=generator, requires_grad=True)  # with gradients: bitsandbytes' fp32 path
+    x = torch.randn(6, widths[0], generator=generator, requires_grad=True)  # with gradients: bitsandbytes' fp32 path
     y_ours, y_theirs = ours(x), theirs(x)
     assert torch.equal(y_ours, y_theirs)
     y_ours.square().sum().backward()

@@ -85,10 +85,13 @@ def test_loraplus_refuses_a_model_without_adapters():
 
 # --- DoRA and PiSSA against PEFT ---
 
-def twin_models(config_kwargs, seed=0):
+WIDTHS = [(12, 20, 6), (65, 33, 17), (16, 8, 24)]  # in, hidden, out: odd sizes, narrow and wide layers
+
+
+def twin_models(config_kwargs, seed=0, widths=WIDTHS[0]):
     """The same small model with adapters from lora_edu and from PEFT, with equal A, B (and DoRA magnitude)."""
     torch.manual_seed(seed)
-    base = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 6, bias=False))
+    base = nn.Sequential(nn.Linear(widths[0], widths[1]), nn.ReLU(), nn.Linear(widths[1], widths[2], bias=False))
     plain = copy.deepcopy(base)
     ours = lora_edu.add_lora(copy.deepcopy(base), lora_edu.LoraConfig(target_modules=["0", "2"], **config_kwargs))
     with warnings.catch_warnings():
@@ -117,8 +120,8 @@ def copy_factors(ours, theirs=None, seed=1):
                     getattr(twin, store)["default"].weight.copy_(value)
 
 
-def dora_pair(**kwargs):
-    plain, ours, theirs = twin_models(dict(r=3, lora_alpha=6, use_dora=True, **kwargs))
+def dora_pair(widths=WIDTHS[0], r=3, **kwargs):
+    plain, ours, theirs = twin_models(dict(r=r, lora_alpha=2 * r, use_dora=True, **kwargs), widths=widths)
     for name, layer in lora_layers(ours).items():       # the magnitude starts at ‖W‖ per row, in both
         twin = theirs.base_model.model.get_submodule(name)
         assert torch.allclose(layer.lora_magnitude_vector["default"], twin.lora_magnitude_vector["default"].weight,
@@ -127,12 +130,13 @@ def dora_pair(**kwargs):
     return plain, ours, theirs
 
 
+@pytest.mark.parametrize("widths, r", [(WIDTHS[0], 3), (WIDTHS[1], 5), (WIDTHS[2], 8)], ids=str)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_dora_forward_and_gradients_equal_peft(mode):
-    _, ours, theirs = dora_pair()
+def test_dora_forward_and_gradients_equal_peft(mode, widths, r):
+    _, ours, theirs = dora_pair(widths, r)
     ours.train(mode == "train")
     theirs.train(mode == "train")
-    x = torch.randn(7, 12, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(7, widths[0], generator=torch.Generator().manual_seed(2))
     y_ours, y_theirs = ours(x), theirs(x)
     assert (y_ours - y_theirs).abs().max() <= 1e-6
     y_ours.square().sum().backward()
@@ -149,11 +153,12 @@ def test_dora_forward_and_gradients_equal_peft(mode):
         f"{m}.{store}.default" for m in ("0", "2") for store in ("lora_A", "lora_B", "lora_magnitude_vector")}
 
 
-def test_dora_merge_and_unmerge_equal_peft():
-    plain, ours, theirs = dora_pair()
+@pytest.mark.parametrize("widths, r", [(WIDTHS[0], 3), (WIDTHS[1], 5), (WIDTHS[2], 8)], ids=str)
+def test_dora_merge_and_unmerge_equal_peft(widths, r):
+    plain, ours, theirs = dora_pair(widths, r)
     ours.eval()
     theirs.eval()
-    x = torch.randn(5, 12, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(5, widths[0], generator=torch.Generator().manual_seed(3))
     y_unmerged = theirs(x)
     merge_lora(ours)
     with torch.no_grad():
@@ -179,9 +184,10 @@ def test_dora_refuses_a_merged_layer_and_leaves_it_untouched():
     assert "dora" not in layer.lora_magnitude_vector
 
 
-def test_pissa_factors_and_residual_equal_peft():
-    plain, ours, theirs = twin_models(dict(r=4, lora_alpha=8, init_lora_weights="pissa"))
-    x = torch.randn(6, 12, generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("widths, r", [(WIDTHS[0], 4), (WIDTHS[1], 7), (WIDTHS[2], 8), (WIDTHS[1], 1)], ids=str)
+def test_pissa_factors_and_residual_equal_peft(widths, r):
+    plain, ours, theirs = twin_models(dict(r=r, lora_alpha=2 * r, init_lora_weights="pissa"), widths=widths)
+    x = torch.randn(6, widths[0], generator=torch.Generator().manual_seed(4))
     differences = []
     for name, layer in lora_layers(ours).items():
         twin = theirs.base_model.model.get_submodule(name)
@@ -192,7 +198,7 @@ def test_pissa_factors_and_residual_equal_peft():
         # s·B A is the best rank-r part of W (notebook 02): its residual has W's other singular values
         residual = torch.linalg.svdvals(layer.base.weight)
         original = torch.linalg.svdvals(plain.get_submodule(name).weight)
-        assert torch.allclose(residual[:len(original) - 4], original[4:], atol=1e-5)
+        assert torch.allclose(residual[:len(original) - r], original[r:], atol=1e-5)
     assert max(differences) == 0.0, differences             # the same float32 SVD: equal to the bit
     with torch.no_grad():
         assert (ours(x) - plain(x)).abs().max() <= 1e-5       # the model starts where it was
